@@ -1,0 +1,64 @@
+"""Checkpoint bytes -> LiifModel -> liif-jax weight file. Shared by ``python -m
+convert_weights``, ``liif-jax convert`` and ``liif_jax.load_model('x.pth')``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from convert_weights.mapping import map_state_dict
+from convert_weights.torch_pickle import load_checkpoint
+from liif_jax.errors import CheckpointError
+from liif_jax.models.spec import normalize_spec
+from liif_jax.weights import (AUTHORS_CHECKPOINT_SHA256, LiifModel, bundled_license_text,
+                              model_from_flat, save_weights, sha256_bytes)
+
+UNKNOWN_LICENSE = "unknown: the license of the source checkpoint applies"
+
+
+def model_from_checkpoint_bytes(data: bytes, source_name: str, license_text: str | None = None,
+                                notes: list | None = None) -> LiifModel:
+    """Read a torch checkpoint safely and build the model its spec describes.
+    ``notes`` (if given) receives human-readable remarks, e.g. which entries were dropped."""
+    checkpoint = load_checkpoint(data)
+    where = f"checkpoint '{source_name}'"
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+        raise CheckpointError(
+            f"{where} has no 'model' entry with a spec and state dict; only checkpoints saved by "
+            f"the LIIF training script ({{'model': {{'name', 'args', 'sd'}}}}) are supported"
+        )
+    raw = checkpoint["model"]
+    spec = normalize_spec({k: v for k, v in raw.items() if k != "sd"})
+    if "sd" not in raw:
+        raise CheckpointError(f"{where} has a model spec but no state dict ('sd')")
+    n_resblocks = spec["args"]["encoder_spec"]["args"]["n_resblocks"]
+    params, dropped = map_state_dict(raw["sd"], n_resblocks)
+    if notes is not None and dropped:
+        notes.append(f"dropped {len(dropped)} entries the LIIF encoder never applies: "
+                     + ", ".join(dropped))
+    sha = sha256_bytes(data)
+    if license_text is None:
+        license_text = bundled_license_text() if sha == AUTHORS_CHECKPOINT_SHA256 else UNKNOWN_LICENSE
+    metadata = {"source_name": source_name, "source_sha256": sha, "license": license_text}
+    if isinstance(checkpoint.get("epoch"), int):
+        metadata["source_epoch"] = str(checkpoint["epoch"])
+    return model_from_flat(spec, params, metadata, where)
+
+
+def convert_file(src, dst, license_text: str | None = None) -> tuple[LiifModel, list[str]]:
+    """Convert ``src`` (.pth) to ``dst`` (.safetensors). Returns the model and notes."""
+    src, dst = Path(src), Path(dst)
+    try:
+        data = src.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {src}") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {src}: {exc.strerror or exc}") from None
+    if not dst.parent.is_dir():
+        raise CheckpointError(f"output folder does not exist: {dst.parent}")
+    notes: list[str] = []
+    model = model_from_checkpoint_bytes(data, src.name, license_text, notes)
+    try:
+        save_weights(dst, model)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {dst}: {exc.strerror or exc}") from None
+    return model, notes

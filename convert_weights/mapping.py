@@ -1,0 +1,75 @@
+"""Torch state-dict names and layouts -> our flat Flax parameter names and layouts.
+
+Torch convolutions are OIHW, Flax's are HWIO; torch Linear weights are (out, in), Flax Dense
+kernels (in, out). The EDSR MeanShift pairs are in every LIIF checkpoint but unused by the
+encoder's forward, so they are dropped (the converter says so).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from liif_jax.errors import CheckpointError
+
+# Present in every EDSR checkpoint, never applied by LIIF's encoder.
+KNOWN_UNUSED = re.compile(r"^encoder\.(sub_mean|add_mean)\.(weight|bias)$")
+
+
+def torch_to_flax_name(name: str, n_resblocks: int) -> str | None:
+    """Our name for a torch state-dict entry, or None if no parameter of ours matches."""
+    m = re.fullmatch(r"encoder\.head\.0\.(weight|bias)", name)
+    if m:
+        return f"encoder/head/{_leaf(m[1])}"
+    m = re.fullmatch(r"encoder\.body\.(\d+)\.body\.([02])\.(weight|bias)", name)
+    if m and int(m[1]) < n_resblocks:
+        return f"encoder/body_{int(m[1])}/conv_{int(m[2]) // 2}/{_leaf(m[3])}"
+    m = re.fullmatch(r"encoder\.body\.(\d+)\.(weight|bias)", name)
+    if m and int(m[1]) == n_resblocks:
+        return f"encoder/body_conv/{_leaf(m[2])}"
+    m = re.fullmatch(r"imnet\.layers\.(\d+)\.(weight|bias)", name)
+    if m and int(m[1]) % 2 == 0:
+        return f"imnet/dense_{int(m[1]) // 2}/{_leaf(m[2])}"
+    return None
+
+
+def _leaf(torch_leaf: str) -> str:
+    return "kernel" if torch_leaf == "weight" else "bias"
+
+
+def torch_to_flax_array(value: np.ndarray) -> np.ndarray:
+    """Re-layout one tensor: OIHW -> HWIO for 4-D, (out, in) -> (in, out) for 2-D."""
+    value = np.asarray(value, dtype=np.float32)
+    if value.ndim == 4:
+        return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
+    if value.ndim == 2:
+        return np.ascontiguousarray(value.T)
+    return value
+
+
+def map_state_dict(state_dict, n_resblocks: int):
+    """Return (flat Flax params, dropped known-unused names). Unknown names are an error;
+    missing names and shapes are checked against the model by the caller."""
+    if not isinstance(state_dict, dict):
+        raise CheckpointError("checkpoint's model 'sd' is not a state dict")
+    params, dropped, unknown = {}, [], []
+    for name, value in state_dict.items():
+        if not isinstance(value, np.ndarray):
+            raise CheckpointError(f"checkpoint entry {name!r} is not a tensor")
+        if KNOWN_UNUSED.match(str(name)):
+            dropped.append(name)
+            continue
+        ours = torch_to_flax_name(str(name), n_resblocks)
+        if ours is None:
+            unknown.append(name)
+            continue
+        if value.dtype.kind != "f":
+            raise CheckpointError(f"checkpoint entry {name!r} is not floating point ({value.dtype})")
+        params[ours] = torch_to_flax_array(value)
+    if unknown:
+        raise CheckpointError(
+            f"checkpoint has {len(unknown)} unexpected entr{'y' if len(unknown) == 1 else 'ies'} "
+            f"for its spec, e.g. {unknown[0]!r}"
+        )
+    return params, dropped

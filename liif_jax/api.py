@@ -1,0 +1,125 @@
+"""The public API: ``upscale`` and the size arithmetic every front end shares."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+
+from liif_jax.errors import RequestError
+from liif_jax.imageio import LUMA, as_float_image
+
+# Refuse outputs larger than this many pixels unless the caller raises the limit: a typo such
+# as --scale 400 should fail in a second, not exhaust memory after minutes.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+_default_model = None
+_default_lock = threading.Lock()
+
+
+def default_model():
+    """The bundled EDSR-baseline-LIIF, loaded once per process on first use."""
+    global _default_model
+    with _default_lock:
+        if _default_model is None:
+            from liif_jax.weights import load_model
+
+            _default_model = load_model()
+        return _default_model
+
+
+def _positive_finite(value, name: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise RequestError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+def scaled_length(n: int, scale: float) -> int:
+    """Output length of an axis of ``n`` pixels at ``scale``: floor(n * s + 0.5), at least 1."""
+    return max(1, int(math.floor(n * scale + 0.5)))
+
+
+def output_size(in_hw, *, scale=None, size=None, width=None, height=None) -> tuple[int, int]:
+    """The output (H, W) for an input of (h, w) pixels.
+
+    Exactly one way of asking: ``scale`` (s or (sx, sy)); ``size`` = (width, height); or
+    ``width`` and/or ``height`` (one side alone keeps the aspect ratio, rounded to nearest).
+    """
+    h, w = int(in_hw[0]), int(in_hw[1])
+    given = [x is not None for x in (scale, size)] + [width is not None or height is not None]
+    if sum(given) != 1:
+        raise RequestError("give exactly one of scale, size, or width/height")
+    if scale is not None:
+        if isinstance(scale, (tuple, list)):
+            if len(scale) != 2:
+                raise RequestError(f"scale must be one number or a pair (sx, sy), got {scale!r}")
+            sx, sy = (_positive_finite(s, "scale") for s in scale)
+        else:
+            sx = sy = _positive_finite(scale, "scale")
+        return scaled_length(h, sy), scaled_length(w, sx)
+    if size is not None:
+        if not isinstance(size, (tuple, list)) or len(size) != 2:
+            raise RequestError(f"size must be (width, height), got {size!r}")
+        width, height = size
+        return _whole(height, "height"), _whole(width, "width")
+    if width is not None and height is not None:
+        return _whole(height, "height"), _whole(width, "width")
+    if width is not None:
+        width = _whole(width, "width")
+        return scaled_length(h, width / w), width
+    height = _whole(height, "height")
+    return height, scaled_length(w, height / h)
+
+
+def _whole(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise RequestError(f"{name} must be a whole number of pixels, got {value!r}")
+    if value < 1:
+        raise RequestError(f"{name} must be at least 1 pixel, got {value}")
+    return int(value)
+
+
+def check_pixel_limit(out_hw, max_pixels) -> None:
+    if max_pixels and out_hw[0] * out_hw[1] > max_pixels:
+        raise RequestError(
+            f"output {out_hw[1]}x{out_hw[0]} has {out_hw[0] * out_hw[1]:,} pixels, over the "
+            f"limit of {max_pixels:,} (raise it with --max-pixels / max_pixels=, 0 = no limit)"
+        )
+
+
+def upscale(image, *, scale=None, size=None, model=None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+            progress=None) -> np.ndarray:
+    """Upscale (or resample to any size) an image with LIIF.
+
+    ``image``: a uint8/uint16/float array ((h, w) gray or (h, w, 3) RGB; float in [0, 1]) or a
+    PIL image. Give ``scale`` (s, or a pair (sx, sy)) or ``size`` = (width, height); a scale
+    gives floor(n * s + 0.5) pixels per axis, at least 1. ``model``: from ``load_model()``
+    (default: the bundled EDSR-baseline-LIIF). ``max_pixels``: refuse bigger outputs (None or
+    0: no limit). ``progress(done, total)``: called as output pixels finish; return False to
+    cancel.
+
+    Returns float32 in [0, 1]: (H, W, 3) for RGB input; a gray input stays gray ((H, W), or
+    (H, W, 1) for an (h, w, 1) array) -- the model runs on it replicated to RGB and its output
+    is converted back with BT.601 luma.
+    """
+    from liif_jax import engine
+
+    img = as_float_image(image)
+    out_hw = output_size(img.pixels.shape[:2], scale=scale, size=size)
+    check_pixel_limit(out_hw, max_pixels)
+    model = model if model is not None else default_model()
+    rgb = np.repeat(img.pixels[..., None], 3, axis=-1) if img.gray else img.pixels
+    out = engine.render(model, rgb, out_hw, progress=progress)
+    if img.gray:
+        out = np.clip(out @ LUMA, 0.0, 1.0).astype(np.float32)
+        if img.keep_channel_axis:
+            out = out[..., None]
+    return out

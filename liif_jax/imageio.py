@@ -1,0 +1,245 @@
+"""Images in and out: pixel formats, modes, metadata, atomic writes.
+
+Inside liif-jax an image is float32 in [0, 1], (h, w, 3) RGB or (h, w) gray. This module is
+the one place that turns arrays, PIL images and files into that and back:
+
+- uint8 / 255, uint16 / 65535, float taken as [0, 1] (clipped; NaN/inf refused);
+- PIL modes: RGB and L as they are; 1 -> L; I;16 / I (16-bit gray) and F stay gray in full
+  precision; P, CMYK, YCbCr -> RGB; RGBA / LA / PA: alpha is dropped with a warning (the
+  shared alpha path comes with the GIMP bridge);
+- files: EXIF orientation applied on read; ICC profile, EXIF (orientation reset) and DPI
+  carried to the output where the format allows; outputs written to a temp file beside the
+  target and renamed, so an interrupted run never leaves a half image.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from liif_jax.atomic import atomic_output
+from liif_jax.errors import ImageError, LiifWarning, OutputError
+
+# Output extension -> Pillow format (None: NumPy .npy, the exact float32 array).
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
+                  ".tif": "TIFF", ".tiff": "TIFF", ".npy": None}
+DEFAULT_QUALITY = 95  # JPEG/WebP; Pillow's own default (75) visibly softens an upscale
+
+# ITU-R BT.601 luma, what Pillow uses for RGB -> L: brings a gray image's output back to gray.
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass
+class FloatImage:
+    """Pixels as float32 in [0, 1]: (h, w, 3) RGB, or (h, w) gray when ``gray``."""
+
+    pixels: np.ndarray
+    gray: bool
+    keep_channel_axis: bool = False  # a (h, w, 1) array in gives (H, W, 1) out
+
+
+@dataclass
+class ImageMeta:
+    """What is carried from an input file to its output."""
+
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+    dpi: tuple | None = None
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, LiifWarning, stacklevel=3)
+
+
+def _to_float(array: np.ndarray, what: str) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / np.float32(255)
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / np.float32(65535)
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if array.dtype.kind == "f":
+        out = array.astype(np.float32)
+        if not np.all(np.isfinite(out)):
+            raise ImageError(f"{what} contains NaN or infinite values")
+        return np.clip(out, 0.0, 1.0)
+    raise ImageError(f"{what} has unsupported dtype {array.dtype} (use uint8, uint16 or float in [0, 1])")
+
+
+def from_array(array, what: str = "image") -> FloatImage:
+    """An array (h, w), (h, w, 1|2|3|4) -> FloatImage. A 2nd/4th channel is alpha: dropped."""
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] in (1, 2, 3, 4):
+        channels = array.shape[2]
+    elif array.ndim == 2:
+        channels = 0
+    else:
+        raise ImageError(f"{what} has shape {array.shape}; expected (h, w) or (h, w, 1|2|3|4)")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageError(f"{what} has no pixels ({array.shape[1]}x{array.shape[0]})")
+    if channels in (2, 4):
+        _warn(f"{what} has an alpha channel; it is dropped (alpha upscaling is not supported yet)")
+        array = array[..., : channels - 1]
+        channels -= 1
+    pixels = _to_float(array, what)
+    if channels == 3:
+        return FloatImage(pixels, gray=False)
+    return FloatImage(pixels.reshape(pixels.shape[:2]), gray=True, keep_channel_axis=channels == 1)
+
+
+_GRAY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def from_pil(img, what: str = "image") -> FloatImage:
+    """A PIL image -> FloatImage, converting modes as the module docstring says."""
+    from PIL import Image
+
+    if img.width == 0 or img.height == 0:
+        raise ImageError(f"{what} has no pixels ({img.width}x{img.height})")
+    mode = img.mode
+    if mode == "P":
+        mode_to = "RGBA" if "transparency" in img.info else "RGB"
+        img, mode = img.convert(mode_to), mode_to
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        _warn(f"{what} has an alpha channel; it is dropped (alpha upscaling is not supported yet)")
+        img = img.convert("L" if mode in ("LA", "La") else "RGB")
+        mode = img.mode
+    if mode == "1":
+        img, mode = img.convert("L"), "L"
+    if mode == "L":
+        return FloatImage(np.asarray(img).astype(np.float32) / np.float32(255), gray=True)
+    if mode in _GRAY_16:
+        values = np.asarray(img).astype(np.float64)
+        return FloatImage((np.clip(values, 0, 65535) / 65535).astype(np.float32), gray=True)
+    if mode == "F":
+        return FloatImage(_to_float(np.asarray(img, dtype=np.float32), what), gray=True)
+    if mode != "RGB":
+        try:
+            img = img.convert("RGB")
+        except (ValueError, OSError):
+            raise ImageError(f"{what} has image mode {mode}, which cannot be converted to RGB; "
+                             f"convert it to RGB first") from None
+    if not isinstance(img, Image.Image):  # pragma: no cover - defensive
+        raise ImageError(f"{what} is not an image")
+    return FloatImage(np.asarray(img).astype(np.float32) / np.float32(255), gray=False)
+
+
+def as_float_image(image, what: str = "image") -> FloatImage:
+    """Anything ``upscale`` accepts -> FloatImage."""
+    if isinstance(image, FloatImage):
+        return image
+    try:
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
+            return from_pil(image, what)
+    except ImportError:  # pragma: no cover - Pillow is a core dependency
+        pass
+    return from_array(image, what)
+
+
+def read_image(path) -> tuple[FloatImage, ImageMeta]:
+    """Read an image file: EXIF orientation applied, metadata kept for the output."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    what = f"input '{path.name}'"
+    if not path.exists():
+        raise ImageError(f"input not found: {path}")
+    if path.is_dir():
+        raise ImageError(f"input is a folder, not an image: {path}")
+    try:
+        with Image.open(path) as img:
+            if getattr(img, "n_frames", 1) > 1:
+                _warn(f"{what} has {img.n_frames} frames; only the first is upscaled")
+            img.load()
+            source_mode = img.mode
+            meta = ImageMeta(icc_profile=img.info.get("icc_profile"), dpi=img.info.get("dpi"))
+            try:
+                img = ImageOps.exif_transpose(img)
+                exif = img.getexif()
+                exif.pop(0x0112, None)  # orientation is now applied to the pixels
+                meta.exif = exif.tobytes() if len(exif) else None
+            except Exception:  # a damaged EXIF block must not stop an upscale
+                meta.exif = None
+            if source_mode not in ("RGB", "RGBA", "L", "LA", "P", "1", *_GRAY_16):
+                meta.icc_profile = None  # a CMYK/LAB profile would mislabel RGB output
+            image = from_pil(img, what)
+    except UnidentifiedImageError:
+        raise ImageError(f"{what} is not an image file Pillow can read") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{what} is too large to open safely ({exc})".split(". ")[0]) from None
+    except PermissionError:
+        raise ImageError(f"cannot read {what}: permission denied") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{what} is damaged or truncated ({str(exc)[:80]})") from None
+    return image, meta
+
+
+def output_format(path) -> str | None:
+    ext = Path(path).suffix.lower()
+    if ext not in OUTPUT_FORMATS:
+        known = ", ".join(sorted(OUTPUT_FORMATS))
+        raise OutputError(f"unknown output extension '{ext or Path(path).name}' (use one of {known})")
+    return OUTPUT_FORMATS[ext]
+
+
+def check_output_path(out, inp=None) -> None:
+    """Fail early (before any compute) if ``out`` cannot be written, or would be the input."""
+    out = Path(out)
+    output_format(out)
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder is not writable: {folder}")
+    if out.is_dir():
+        raise OutputError(f"output is a folder: {out}")
+    if inp is not None and out.exists() and Path(inp).exists() and os.path.samefile(out, inp):
+        raise OutputError("output would overwrite the input; choose another output path")
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """[0, 1] float -> uint8, rounding to nearest."""
+    return np.rint(np.clip(pixels, 0.0, 1.0) * np.float32(255)).astype(np.uint8)
+
+
+def write_image(path, pixels: np.ndarray, meta: ImageMeta | None = None,
+                quality: int = DEFAULT_QUALITY) -> None:
+    """Write [0, 1] float pixels (H, W, 3) or (H, W) to ``path``, format from the extension,
+    atomically: a temp file in the same folder, renamed over the target when complete."""
+    from PIL import Image
+
+    path = Path(path)
+    fmt = output_format(path)
+    meta = meta or ImageMeta()
+    try:
+        with atomic_output(path) as f:
+            if fmt is None:
+                np.save(f, np.asarray(pixels, dtype=np.float32), allow_pickle=False)
+            else:
+                img = Image.fromarray(to_uint8(pixels))
+                img.save(f, format=fmt, **_save_options(fmt, meta, quality))
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _save_options(fmt: str, meta: ImageMeta, quality: int) -> dict:
+    options = {}
+    if meta.icc_profile:
+        options["icc_profile"] = meta.icc_profile
+    if meta.exif and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        options["exif"] = meta.exif
+    if meta.dpi and fmt in ("JPEG", "PNG", "TIFF"):
+        options["dpi"] = meta.dpi
+    if fmt == "JPEG":
+        options.update(quality=quality, subsampling=0)  # 4:4:4 keeps colour edges crisp
+    elif fmt == "WEBP":
+        options.update(quality=quality)
+    elif fmt == "TIFF":
+        options.update(compression="tiff_deflate")
+    return options

@@ -1,0 +1,121 @@
+"""The model spec: what a checkpoint says it is, with the original's defaults filled in.
+
+The authors' checkpoints are self-describing: ``model = {'name': 'liif', 'args': {...}}`` names
+the encoder and decoder and their arguments. We keep that shape (so a spec reads the same in
+the original repository and here) and store it, completed with every default, inside our
+weight files. ``normalize_spec`` is the single place that knows the defaults and refuses what
+we cannot build, with a message that says what is supported.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+from liif_jax.errors import CheckpointError
+
+SUPPORTED = (
+    "supported: model 'liif' with encoder 'edsr-baseline' or 'edsr' (no_upsampling) "
+    "and decoder 'mlp'"
+)
+
+# Defaults of the original's make_edsr_baseline / make_edsr.
+_EDSR_DEFAULTS = {
+    "edsr-baseline": {"n_resblocks": 16, "n_feats": 64, "res_scale": 1, "scale": 2,
+                      "no_upsampling": False, "rgb_range": 1},
+    "edsr": {"n_resblocks": 32, "n_feats": 256, "res_scale": 0.1, "scale": 2,
+             "no_upsampling": False, "rgb_range": 1},
+}
+_LIIF_DEFAULTS = {"local_ensemble": True, "feat_unfold": True, "cell_decode": True}
+
+
+def _refuse(what: str) -> CheckpointError:
+    return CheckpointError(f"unsupported architecture: {what} ({SUPPORTED})")
+
+
+def _check_int(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise CheckpointError(f"model spec has an invalid {name}: {value!r}")
+    return value
+
+
+def normalize_spec(spec) -> dict:
+    """Return a complete, validated copy of a LIIF model spec (the checkpoint's ``model`` minus
+    ``sd``), or raise CheckpointError naming what is wrong or unsupported."""
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise CheckpointError("checkpoint has no model spec (expected {'name': ..., 'args': ...})")
+    name = spec["name"]
+    if name != "liif":
+        raise _refuse(f"model {name!r}")
+    args = spec.get("args") or {}
+    if not isinstance(args, dict):
+        raise CheckpointError("model spec 'args' is not a mapping")
+    unknown = set(args) - {"encoder_spec", "imnet_spec", *_LIIF_DEFAULTS}
+    if unknown:
+        raise _refuse(f"liif argument(s) {sorted(unknown)}")
+
+    enc = args.get("encoder_spec")
+    if not isinstance(enc, dict) or enc.get("name") not in _EDSR_DEFAULTS:
+        raise _refuse(f"encoder {enc.get('name') if isinstance(enc, dict) else enc!r}")
+    enc_args = dict(_EDSR_DEFAULTS[enc["name"]])
+    extra = set(enc.get("args") or {}) - set(enc_args)
+    if extra:
+        raise _refuse(f"encoder argument(s) {sorted(extra)}")
+    enc_args.update(enc.get("args") or {})
+    if not enc_args["no_upsampling"]:
+        raise _refuse("an EDSR encoder with its upsampler (LIIF uses no_upsampling=True)")
+    _check_int(enc_args["n_resblocks"], "n_resblocks", 0)
+    _check_int(enc_args["n_feats"], "n_feats", 1)
+    res_scale = enc_args["res_scale"]
+    if isinstance(res_scale, bool) or not isinstance(res_scale, (int, float)) or not math.isfinite(res_scale):
+        raise CheckpointError(f"model spec has an invalid res_scale: {res_scale!r}")
+
+    imnet = args.get("imnet_spec")
+    if imnet is None:
+        raise _refuse("LIIF without an imnet (feature-only nearest sampling)")
+    if not isinstance(imnet, dict) or imnet.get("name") != "mlp":
+        raise _refuse(f"decoder {imnet.get('name') if isinstance(imnet, dict) else imnet!r}")
+    im_args = dict(imnet.get("args") or {})
+    extra = set(im_args) - {"out_dim", "hidden_list", "in_dim"}
+    if extra:
+        raise _refuse(f"mlp argument(s) {sorted(extra)}")
+    out_dim = _check_int(im_args.get("out_dim", 3), "out_dim", 1)
+    if out_dim != 3:
+        raise _refuse(f"an mlp with out_dim={out_dim} (RGB output needs 3)")
+    hidden = im_args.get("hidden_list")
+    if not isinstance(hidden, (list, tuple)) or not hidden:
+        raise CheckpointError("model spec has no mlp hidden_list")
+    hidden = [_check_int(h, "hidden_list entry", 1) for h in hidden]
+    im_args = {"out_dim": out_dim, "hidden_list": hidden}
+
+    flags = dict(_LIIF_DEFAULTS)
+    for key in _LIIF_DEFAULTS:
+        if key in args:
+            if not isinstance(args[key], bool):
+                raise CheckpointError(f"model spec has a non-boolean {key}: {args[key]!r}")
+            flags[key] = args[key]
+
+    return {
+        "name": "liif",
+        "args": {
+            "encoder_spec": {"name": enc["name"], "args": enc_args},
+            "imnet_spec": {"name": "mlp", "args": im_args},
+            **flags,
+        },
+    }
+
+
+def spec_to_json(spec: dict) -> str:
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def spec_from_json(text: str) -> dict:
+    try:
+        return normalize_spec(json.loads(text))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"weight file has an unreadable model spec ({exc})") from None
+
+
+def copy_spec(spec: dict) -> dict:
+    return copy.deepcopy(spec)

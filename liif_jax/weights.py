@@ -1,0 +1,176 @@
+"""Weight files: the bundled default, the safe on-disk format, and ``load_model``.
+
+Format: safetensors (raw little-endian arrays + a JSON header; no code can hide in it) with
+flat parameter names (``encoder/head/kernel``) and these metadata strings:
+
+- ``format`` = ``liif-jax-weights``, ``format_version`` = ``1``
+- ``spec``: the model spec (the original checkpoint's ``model`` minus ``sd``, every default
+  filled in) -- the file describes itself, like the authors' checkpoints do
+- ``source_name``, ``source_sha256``: what it was converted from
+- ``license``: the weights' license notice (BSD-3-Clause text for the authors' weights)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from liif_jax.atomic import atomic_output
+from liif_jax.errors import CheckpointError
+from liif_jax.models.spec import normalize_spec, spec_from_json, spec_to_json
+
+WEIGHTS_FORMAT = "liif-jax-weights"
+WEIGHTS_FORMAT_VERSION = "1"
+BUNDLED_WEIGHTS = "edsr-baseline-liif.safetensors"
+BUNDLED_LICENSE = "edsr-baseline-liif.LICENSE"
+# sha256 of the authors' DIV2K EDSR-baseline-LIIF checkpoint our bundled file comes from.
+AUTHORS_CHECKPOINT_SHA256 = "1cf77e16f33ee17bd04049f497eaea1e06f25585dbb1919e4c7cd1d9d4d23d57"
+
+
+@dataclass(frozen=True, eq=False)
+class LiifModel:
+    """A LIIF model ready to run: its spec, the Flax module built from it and its params."""
+
+    spec: dict
+    module: object  # liif_jax.models.LIIF
+    params: dict  # nested {'encoder': {...}, 'imnet': {...}} of float32 arrays
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get("source_name") or "custom"
+
+
+def bundled_weights_path() -> Path:
+    return Path(str(resources.files("liif_jax") / "data" / BUNDLED_WEIGHTS))
+
+
+def bundled_license_text() -> str:
+    return (resources.files("liif_jax") / "data" / BUNDLED_LICENSE).read_text(encoding="utf-8")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def expected_param_shapes(module) -> dict[str, tuple]:
+    """Flat name -> shape of every parameter the module needs (no computation: eval_shape)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import traverse_util
+
+    members = 4 if module.local_ensemble else 1
+    abstract = jax.eval_shape(
+        module.init,
+        jax.random.PRNGKey(0),
+        jnp.zeros((1, 4, 4, 3), jnp.float32),
+        jnp.zeros((1, members, 1, 2), jnp.int32),
+        jnp.zeros((1, members, 1, 2), jnp.float32),
+        jnp.zeros((1, 1, 2), jnp.float32),
+    )
+    flat = traverse_util.flatten_dict(abstract["params"], sep="/")
+    return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def check_params(module, flat_params: dict[str, np.ndarray], where: str) -> None:
+    """Raise CheckpointError unless ``flat_params`` has exactly the module's names and shapes."""
+    expected = expected_param_shapes(module)
+    missing = sorted(set(expected) - set(flat_params))
+    unexpected = sorted(set(flat_params) - set(expected))
+    if missing:
+        raise CheckpointError(f"{where} is missing {len(missing)} parameter(s), e.g. {missing[0]}")
+    if unexpected:
+        raise CheckpointError(f"{where} has {len(unexpected)} unexpected parameter(s), e.g. {unexpected[0]}")
+    for name, shape in expected.items():
+        got = tuple(flat_params[name].shape)
+        if got != shape:
+            raise CheckpointError(f"{where}: parameter {name} has shape {got}, the spec needs {shape}")
+        if not np.all(np.isfinite(flat_params[name])):
+            raise CheckpointError(f"{where}: parameter {name} holds NaN or infinite values")
+
+
+def model_from_flat(spec: dict, flat_params: dict[str, np.ndarray], metadata: dict, where: str) -> LiifModel:
+    from flax import traverse_util
+    from liif_jax.models import build_model
+
+    spec = normalize_spec(spec)
+    module = build_model(spec)
+    flat_params = {k: np.asarray(v, dtype=np.float32) for k, v in flat_params.items()}
+    check_params(module, flat_params, where)
+    params = traverse_util.unflatten_dict(flat_params, sep="/")
+    return LiifModel(spec=spec, module=module, params=params, metadata=dict(metadata))
+
+
+def flat_params(params: dict) -> dict[str, np.ndarray]:
+    from flax import traverse_util
+
+    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
+
+
+def save_weights(path, model: LiifModel) -> None:
+    """Write ``model`` as a liif-jax safetensors file, atomically (temp file + rename)."""
+    from safetensors.numpy import save
+
+    metadata = {k: str(v) for k, v in model.metadata.items() if v is not None}
+    metadata.update(format=WEIGHTS_FORMAT, format_version=WEIGHTS_FORMAT_VERSION,
+                    spec=spec_to_json(model.spec))
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in flat_params(model.params).items()}
+    data = save(tensors, metadata=metadata)
+    with atomic_output(path) as f:
+        f.write(data)
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    if len(data) < 10:
+        return False
+    n = int.from_bytes(data[:8], "little")
+    return 2 <= n <= len(data) - 8 and data[8:9] == b"{"
+
+
+def read_weights(data: bytes, where: str) -> LiifModel:
+    """Parse a liif-jax safetensors file held in ``data``."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        tensors = load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        import json
+
+        metadata = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{where} is not a readable weight file ({str(exc)[:80]})") from None
+    if metadata.get("format") != WEIGHTS_FORMAT:
+        raise CheckpointError(f"{where} is a safetensors file but not liif-jax weights (no format tag)")
+    if metadata.get("format_version") != WEIGHTS_FORMAT_VERSION:
+        raise CheckpointError(f"{where} has weight format version {metadata.get('format_version')!r}; "
+                              f"this liif-jax reads version {WEIGHTS_FORMAT_VERSION}")
+    spec = spec_from_json(metadata.get("spec", ""))
+    info = {k: v for k, v in metadata.items() if k not in ("format", "format_version", "spec")}
+    return model_from_flat(spec, tensors, info, where)
+
+
+def load_model(weights=None) -> LiifModel:
+    """Load a model: the bundled EDSR-baseline-LIIF by default, else ``weights``: a liif-jax
+    ``.safetensors`` file or an original PyTorch ``.pth`` (read safely, converted in memory)."""
+    path = bundled_weights_path() if weights is None else Path(weights)
+    where = f"weights '{path.name}'"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"weights file not found: {path}") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"weights path is a folder, not a file: {path}") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read weights {path}: {exc.strerror or exc}") from None
+    if _looks_like_safetensors(data):
+        return read_weights(data, where)
+    if data[:4] == b"PK\x03\x04" or data[:1] == b"\x80":
+        from convert_weights.convert import model_from_checkpoint_bytes
+
+        return model_from_checkpoint_bytes(data, source_name=path.name)
+    raise CheckpointError(f"{where} is neither a liif-jax .safetensors file nor a PyTorch checkpoint")
