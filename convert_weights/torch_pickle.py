@@ -214,7 +214,7 @@ def _load_zip(data: bytes):
         archive = zipfile.ZipFile(io.BytesIO(data))
         names = archive.namelist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint zip archive is damaged ({exc})") from None
+        raise CheckpointError(f"checkpoint is damaged or truncated (zip: {exc})") from None
     pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pickles) != 1:
         raise CheckpointError("zip file is not a PyTorch checkpoint (no single data.pkl inside)")
@@ -237,7 +237,7 @@ def _load_zip(data: bytes):
                 raise CheckpointError(f"checkpoint storage {key!r} is truncated")
             storage.array = storage.type.decode(raw[:need], byteorder)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint zip archive is damaged or truncated ({exc})") from None
+        raise CheckpointError(f"checkpoint is damaged or truncated (zip: {exc})") from None
     return obj
 
 
@@ -261,14 +261,14 @@ def _load_legacy(data: bytes):
             raise CheckpointError(f"legacy checkpoint lists an unknown storage {key!r}")
         head = stream.read(8)
         if len(head) != 8:
-            raise CheckpointError("legacy checkpoint is truncated")
+            raise CheckpointError("checkpoint is damaged or truncated (legacy format)")
         (numel,) = struct.unpack("<q" if byteorder == "little" else ">q", head)
         if numel != storage.numel:
             raise CheckpointError(f"legacy checkpoint storage {key!r} has an inconsistent size")
         need = numel * storage.type.itemsize
         raw = stream.read(need)
         if len(raw) != need:
-            raise CheckpointError("legacy checkpoint is truncated")
+            raise CheckpointError("checkpoint is damaged or truncated (legacy format)")
         storage.array = storage.type.decode(raw, byteorder)
     return obj
 
@@ -282,7 +282,16 @@ def load_checkpoint(data: bytes):
     if len(data) == 0:
         raise CheckpointError("checkpoint file is empty")
     if data[:4] == b"PK\x03\x04":
-        return _materialise(_load_zip(data))
-    if data[:1] == b"\x80":  # a pickle protocol opcode: the legacy format
-        return _materialise(_load_legacy(data))
-    raise CheckpointError("not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+        loader = _load_zip
+    elif data[:1] == b"\x80":  # a pickle protocol opcode: the legacy format
+        loader = _load_legacy
+    else:
+        raise CheckpointError("not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+    try:
+        return _materialise(loader(data))
+    except CheckpointError:
+        raise
+    except Exception as exc:  # e.g. a crafted stream that set odd attributes on our stand-ins
+        raise CheckpointError(
+            f"not a readable PyTorch checkpoint ({type(exc).__name__}: {str(exc)[:80]})"
+        ) from None

@@ -58,7 +58,8 @@ def ensemble_shifts(local_ensemble: bool) -> tuple[tuple[int, float], ...]:
 
 def nearest_on_axis(coord: np.ndarray, n_feat: int, shift: int, eps: float):
     """For 1-D query coordinates on one axis, the feature index the original's shifted,
-    clamped nearest ``grid_sample`` picks, and the relative coordinate in feature pixels.
+    clamped nearest ``grid_sample`` picks, and the relative coordinate: the offset from that
+    feature's centre times the feature size (so one feature pixel spans 2).
 
     Returns ``(index int32, rel float32)`` of ``coord``'s shape.
     """
@@ -78,8 +79,8 @@ class QueryGeometry(NamedTuple):
     """Where each query looks in the feature map, per ensemble member.
 
     ``index``: int32 (M, ..., 2) feature (row, col); ``rel_coord``: float32 (M, ..., 2) the
-    query's offset from that feature's centre in feature pixels; ``rel_cell``: float32 (..., 2)
-    the output cell in feature pixels. M = 4 with local ensemble, else 1.
+    query's offset from that feature's centre; ``rel_cell``: float32 (..., 2) the output cell.
+    Both are scaled by the feature map's (h, w), as in the original (one feature pixel = 2). M = 4 with local ensemble, else 1.
     """
 
     index: np.ndarray

@@ -170,6 +170,9 @@ def read_image(path) -> tuple[FloatImage, ImageMeta]:
                 meta.icc_profile = None  # a CMYK/LAB profile would mislabel RGB output
             image = from_pil(img, what)
     except UnidentifiedImageError:
+        empty = _declared_empty_size(path)
+        if empty:
+            raise ImageError(f"{what} has no pixels ({empty[0]}x{empty[1]})") from None
         raise ImageError(f"{what} is not an image file Pillow can read") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{what} is too large to open safely ({exc})".split(". ")[0]) from None
@@ -178,6 +181,24 @@ def read_image(path) -> tuple[FloatImage, ImageMeta]:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{what} is damaged or truncated ({str(exc)[:80]})") from None
     return image, meta
+
+
+def _declared_empty_size(path: Path):
+    """(width, height) a PNG or PNM header declares when one of them is 0 (Pillow refuses to
+    identify such files, which would otherwise read as 'not an image')."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    size = None
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        size = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    elif head[:1] == b"P" and head[1:2] in b"123456":
+        fields = b" ".join(l for l in head[2:].splitlines() if not l.startswith(b"#")).split()
+        if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
+            size = int(fields[0]), int(fields[1])
+    return size if size and 0 in size else None
 
 
 def output_format(path) -> str | None:

@@ -1,0 +1,113 @@
+"""liif_jax.upscale and the size arithmetic shared by every front end."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import liif_jax
+from conftest import DEV
+from liif_jax.api import output_size
+from liif_jax.errors import ImageError, LiifWarning, RequestError
+
+
+def test_import_is_cheap_and_lazy():
+    import subprocess
+    import sys
+
+    code = "import sys, liif_jax; print('jax' in sys.modules, liif_jax.__version__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False", liif_jax.__version__]
+
+
+@pytest.mark.parametrize("in_hw,kwargs,expected", [
+    ((40, 24), dict(scale=2.5), (100, 60)),
+    ((40, 24), dict(scale=(2, 3)), (120, 48)),          # (sx, sy): x is width
+    ((5, 3), dict(scale=0.5), (3, 2)),                  # floor(n*s + 0.5): 2.5 -> 3, 1.5 -> 2
+    ((1, 1), dict(scale=0.1), (1, 1)),                  # at least 1
+    ((40, 24), dict(size=(61, 97)), (97, 61)),          # size is (width, height)
+    ((40, 24), dict(width=61), (102, 61)),              # 40 * 61/24 = 101.67 -> 102
+    ((40, 24), dict(height=100), (100, 60)),
+    ((40, 24), dict(width=10, height=7), (7, 10)),
+])
+def test_output_size(in_hw, kwargs, expected):
+    assert output_size(in_hw, **kwargs) == expected
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(scale=0), "finite number > 0"),
+    (dict(scale=-2), "finite number > 0"),
+    (dict(scale=float("nan")), "finite number > 0"),
+    (dict(scale=float("inf")), "finite number > 0"),
+    (dict(scale="x"), "must be a number"),
+    (dict(scale=(1, 2, 3)), "pair"),
+    (dict(), "exactly one"),
+    (dict(scale=2, size=(4, 4)), "exactly one"),
+    (dict(size=(0, 4)), "at least 1"),
+    (dict(width=2.5), "whole number"),
+])
+def test_output_size_refuses_absurd_requests(kwargs, message):
+    with pytest.raises(RequestError, match=message):
+        output_size((10, 10), **kwargs)
+
+
+def _coffee_u8():
+    return np.asarray(Image.open(DEV / "in_coffee_40x24.png").convert("RGB"))
+
+
+def test_upscale_matches_golden_and_accepts_every_input_kind(real_model):
+    u8 = _coffee_u8()
+    ref = np.load(DEV / "coffee_40x24_to_97x61.npy")
+    out = liif_jax.upscale(u8, size=(61, 97), model=real_model)
+    assert out.dtype == np.float32 and out.shape == (97, 61, 3)
+    assert out.min() >= 0 and out.max() <= 1
+    assert np.abs(out - ref).max() <= 1e-4
+    as_float = liif_jax.upscale(u8.astype(np.float32) / 255, size=(61, 97), model=real_model)
+    as_u16 = liif_jax.upscale(u8.astype(np.uint16) * 257, size=(61, 97), model=real_model)
+    as_pil = liif_jax.upscale(Image.fromarray(u8), size=(61, 97), model=real_model)
+    for other in (as_float, as_u16, as_pil):
+        assert np.abs(other - out).max() <= 1e-6
+
+
+def test_default_model_is_the_bundled_one(real_model):
+    u8 = _coffee_u8()[:8, :8]
+    assert np.array_equal(liif_jax.upscale(u8, scale=2), liif_jax.upscale(u8, scale=2, model=real_model))
+
+
+def test_gray_stays_gray(tiny_model):
+    rgb = _coffee_u8()
+    gray = np.asarray(Image.fromarray(rgb).convert("L"))
+    out2d = liif_jax.upscale(gray, scale=2, model=tiny_model)
+    assert out2d.shape == (80, 48) and out2d.dtype == np.float32
+    replicated = liif_jax.upscale(np.repeat(gray[..., None], 3, -1), scale=2, model=tiny_model)
+    luma = replicated @ np.array([0.299, 0.587, 0.114], np.float32)
+    assert np.abs(out2d - np.clip(luma, 0, 1)).max() <= 1e-6
+    out3d = liif_jax.upscale(gray[..., None], scale=2, model=tiny_model)
+    assert out3d.shape == (80, 48, 1)
+    pil = liif_jax.upscale(Image.fromarray(gray), scale=2, model=tiny_model)
+    assert pil.shape == (80, 48)
+
+
+def test_alpha_is_dropped_with_a_warning(tiny_model):
+    rgb = _coffee_u8()
+    rgba = np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 7, np.uint8)], axis=-1)
+    with pytest.warns(LiifWarning, match="alpha"):
+        out = liif_jax.upscale(rgba, scale=1.5, model=tiny_model)
+    assert np.array_equal(out, liif_jax.upscale(rgb, scale=1.5, model=tiny_model))
+
+
+@pytest.mark.parametrize("image,message", [
+    (np.zeros((0, 5, 3), np.uint8), "no pixels"),
+    (np.zeros((4, 4, 5), np.uint8), "shape"),
+    (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
+    (np.zeros((4, 4, 3), np.int64), "dtype"),
+])
+def test_bad_images_are_refused(image, message):
+    with pytest.raises(ImageError, match=message):
+        liif_jax.upscale(image, scale=2)
+
+
+def test_pixel_limit(tiny_model):
+    with pytest.raises(RequestError, match="over the limit of 100"):
+        liif_jax.upscale(np.zeros((4, 4, 3), np.uint8), scale=3, model=tiny_model, max_pixels=100)
+    out = liif_jax.upscale(np.zeros((4, 4, 3), np.uint8), scale=3, model=tiny_model, max_pixels=None)
+    assert out.shape == (12, 12, 3)
