@@ -278,7 +278,8 @@ def test_output_would_overwrite_input(tmp_path, capsys):
 @pytest.mark.parametrize("kind,message", [("truncated", "damaged or truncated"),
                                           ("not", "neither a liif-jax"),
                                           ("shapes", "has shape"),
-                                          ("missing", "weights file not found")])
+                                          ("missing", "weights file not found"),
+                                          ("evil", "refusing to load checkpoint")])
 def test_bad_weights(tmp_path, capsys, kind, message):
     weights = tmp_path / "w.pth"
     if kind == "truncated":
@@ -293,9 +294,18 @@ def test_bad_weights(tmp_path, capsys, kind, message):
         ckpt = load_checkpoint((TINY / "tiny-liif.pth").read_bytes())
         ckpt["model"]["sd"]["encoder.head.0.weight"] = np.zeros((8, 3, 5, 5), np.float32)
         weights.write_bytes(tf.torch_zip_bytes(ckpt))
+    elif kind == "evil":
+        import torch_format as tf
+
+        class Payload:
+            def __reduce__(self):
+                return (os.system, (f"touch {tmp_path / 'SENTINEL'}",))
+
+        weights.write_bytes(tf.torch_zip_bytes({"model": Payload()}))
     else:
         weights = tmp_path / "absent.safetensors"
     _bad(tmp_path, capsys, ["--scale", "2", "--weights", weights], message)
+    assert not (tmp_path / "SENTINEL").exists()
 
 
 # ---------------------------------------------------------------- permissions (real, as root too)
