@@ -145,11 +145,17 @@ def grid_query_geometry(rows: AxisTables, cols: AxisTables, row_idx, col_idx, ce
 
 def ensemble_weights(rel_coord):
     """Local-ensemble weights from relative coordinates (M, ..., 2); works on NumPy and JAX
-    arrays alike. Each member is weighted by the area of the rectangle between the query and
-    the *diagonally opposite* member's feature centre -- the original swaps areas 0<->3 and
-    1<->2 -- normalised to sum to 1. A single member gets weight 1 (area / area)."""
+    arrays alike. See ``weights_from_areas``."""
     areas = [abs(rel_coord[m, ..., 0] * rel_coord[m, ..., 1]) + AREA_FLOOR
              for m in range(rel_coord.shape[0])]
+    return weights_from_areas(areas)
+
+
+def weights_from_areas(areas):
+    """Each member is weighted by the area of the rectangle between the query and the
+    *diagonally opposite* member's feature centre -- the original swaps areas 0<->3 and
+    1<->2 -- normalised to sum to 1 (summed in the original's order). A single member gets
+    weight 1 (area / area). ``areas[m]`` = |rel_y * rel_x| + 1e-9 of member m."""
     total = areas[0]
     for area in areas[1:]:
         total = total + area

@@ -18,11 +18,21 @@ TOL = 1e-4
 
 @pytest.mark.parametrize("name,src,out_hw,raw", golden_cases(), ids=[c[0] for c in golden_cases()])
 def test_golden_output(real_model, name, src, out_hw, raw):
+    """The default path: first-layer precompute, per-axis geometry, tiles, fixed chunks."""
     image = read_rgb01(DEV / f"in_{src}.png")
-    out = engine.render(real_model, image, out_hw, raw=raw)
+    out = engine.render(real_model, image, out_hw, raw=raw,
+                        settings=engine.RenderSettings(precision="float32"))
     ref = np.load(DEV / name)
     assert out.shape == ref.shape == (*out_hw, 3)
     assert np.abs(out - ref).max() <= TOL
+
+
+@pytest.mark.parametrize("name,src,out_hw,raw", golden_cases(), ids=[c[0] for c in golden_cases()])
+def test_golden_output_literal_path(real_model, name, src, out_hw, raw):
+    """The original's formulation (unfold, gather 9C per query), kept as a reference."""
+    image = read_rgb01(DEV / f"in_{src}.png")
+    out = engine.render_literal(real_model, image, out_hw, raw=raw)
+    assert np.abs(out - np.load(DEV / name)).max() <= TOL
 
 
 def test_golden_set_is_complete():
@@ -51,22 +61,27 @@ def test_tiny_checkpoint_both_formats(checkpoint):
     assert np.abs(feat - np.load(TINY / "tiny_feat_coffee_40x24.npy")).max() <= 1e-5
     for out_hw in [(97, 61), (80, 48)]:
         ref = np.load(TINY / f"tiny_coffee_40x24_to_{out_hw[0]}x{out_hw[1]}_raw.npy")
-        out = engine.render(model, image, out_hw, raw=True)
-        assert np.abs(out - ref).max() <= 1e-5
+        assert np.abs(engine.render(model, image, out_hw, raw=True) - ref).max() <= 1e-5
+        assert np.abs(engine.render_literal(model, image, out_hw, raw=True) - ref).max() <= 1e-5
 
 
-def test_chunking_does_not_change_the_result(tiny_model):
+def test_chunk_shape_does_not_change_the_result(tiny_model):
     image = read_rgb01(DEV / "in_coffee_40x24.png")
-    whole = engine.render(tiny_model, image, (97, 61), raw=True, chunk=97 * 61)
-    odd = engine.render(tiny_model, image, (97, 61), raw=True, chunk=1000)
-    assert np.array_equal(whole, odd)
+    default = engine.render(tiny_model, image, (97, 61), raw=True,
+                            settings=engine.RenderSettings(chunk=(64, 64)))
+    odd = engine.render(tiny_model, image, (97, 61), raw=True,
+                        settings=engine.RenderSettings(chunk=(7, 13)))
+    assert np.abs(default - odd).max() <= 1e-6
+    literal = engine.render_literal(tiny_model, image, (97, 61), raw=True, chunk=1000)
+    assert np.abs(default - literal).max() <= 1e-5
 
 
 def test_progress_reports_and_can_cancel(tiny_model):
     image = read_rgb01(DEV / "in_coffee_40x24.png")
     seen = []
-    engine.render(tiny_model, image, (97, 61), chunk=1000, progress=lambda d, t: seen.append((d, t)))
-    assert seen[-1] == (97 * 61, 97 * 61) and len(seen) == 6
+    settings = engine.RenderSettings(chunk=(16, 64))
+    engine.render(tiny_model, image, (97, 61), settings=settings, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (97 * 61, 97 * 61) and len(seen) == 7  # ceil(97 / 16) chunks
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     with pytest.raises(engine.Cancelled):
-        engine.render(tiny_model, image, (97, 61), chunk=1000, progress=lambda d, t: False)
+        engine.render(tiny_model, image, (97, 61), settings=settings, progress=lambda d, t: False)

@@ -3,12 +3,21 @@
 The checkpoint carries ``sub_mean``/``add_mean`` MeanShift weights, but the original LIIF
 encoder's forward has them commented out, so they are not applied (and not converted).
 Layout is NHWC; convolutions are 3x3 with zero padding 1, like the original's default_conv.
+
+``mask`` (optional, (B, H, W, 1) of 0/1) marks the real image inside a larger zero-padded
+canvas. Zeroing everything outside it after every convolution makes each convolution see
+exactly the zero padding it would see on the image alone, so the features inside the mask
+equal those of the unpadded image. That lets one compiled shape serve many image sizes.
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+
+def _masked(x, mask):
+    return x if mask is None else x * mask.astype(x.dtype)
 
 
 class ResBlock(nn.Module):
@@ -18,13 +27,12 @@ class ResBlock(nn.Module):
     res_scale: float = 1.0
 
     @nn.compact
-    def __call__(self, x):
-        res = nn.Conv(self.n_feats, (3, 3), padding=1, name="conv_0")(x)
-        res = nn.relu(res)
+    def __call__(self, x, mask=None):
+        res = _masked(nn.relu(nn.Conv(self.n_feats, (3, 3), padding=1, name="conv_0")(x)), mask)
         res = nn.Conv(self.n_feats, (3, 3), padding=1, name="conv_1")(res)
         if self.res_scale != 1:
             res = res * self.res_scale
-        return res + x
+        return _masked(res, mask) + x
 
 
 class EDSR(nn.Module):
@@ -44,10 +52,10 @@ class EDSR(nn.Module):
         return 2 + 2 * self.n_resblocks
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        x = nn.Conv(self.n_feats, (3, 3), padding=1, name="head")(x)
+    def __call__(self, x: jnp.ndarray, mask=None) -> jnp.ndarray:
+        x = _masked(nn.Conv(self.n_feats, (3, 3), padding=1, name="head")(_masked(x, mask)), mask)
         res = x
         for i in range(self.n_resblocks):
-            res = ResBlock(self.n_feats, self.res_scale, name=f"body_{i}")(res)
-        res = nn.Conv(self.n_feats, (3, 3), padding=1, name="body_conv")(res)
+            res = ResBlock(self.n_feats, self.res_scale, name=f"body_{i}")(res, mask)
+        res = _masked(nn.Conv(self.n_feats, (3, 3), padding=1, name="body_conv")(res), mask)
         return res + x
