@@ -95,31 +95,94 @@ def check_pixel_limit(out_hw, max_pixels) -> None:
         )
 
 
+def parse_region(region, in_hw):
+    """Validate ``region`` = (x, y, w, h) in input pixels (fractional allowed)."""
+    if region is None:
+        return None
+    if not isinstance(region, (tuple, list)) or len(region) != 4:
+        raise RequestError(f"region must be (x, y, width, height), got {region!r}")
+    try:
+        x, y, w, h = (float(v) for v in region)
+    except (TypeError, ValueError):
+        raise RequestError(f"region values must be numbers, got {region!r}") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        raise RequestError(f"region needs finite x, y and a width and height > 0, got {region!r}")
+    in_h, in_w = in_hw
+    eps = 1e-9
+    if x < -eps or y < -eps or x + w > in_w + eps or y + h > in_h + eps:
+        raise RequestError(f"region {x:g},{y:g},{w:g},{h:g} is outside the {in_w}x{in_h} image")
+    return x, y, w, h
+
+
+def plan_output(in_hw, *, scale=None, size=None, width=None, height=None, region=None):
+    """Output (H, W) and the render window for a request.
+
+    Without ``region`` the window is the whole image. With it, only the region is rendered,
+    with the coordinates and cell of the full render: for a scale, the output is
+    round(w * sx) x round(h * sy) pixels on the full render's pixel grid (so it equals the
+    matching crop of the full render when x*sx, y*sy, w*sx, h*sy are whole numbers); for a
+    size (or width/height), that many pixels are spread over the region.
+    Returns (out_hw, window) with window = ((row_start, full_h), (col_start, full_w)).
+    """
+    region = parse_region(region, in_hw)
+    if region is None:
+        out_hw = output_size(in_hw, scale=scale, size=size, width=width, height=height)
+        return out_hw, ((0, out_hw[0]), (0, out_hw[1]))
+    x, y, w, h = region
+    in_h, in_w = in_hw
+    out_hw = output_size((h, w), scale=scale, size=size, width=width, height=height)
+    if scale is not None:
+        full_h, full_w = output_size(in_hw, scale=scale)
+    else:  # the requested pixels cover the region exactly
+        full_h, full_w = out_hw[0] * in_h / h, out_hw[1] * in_w / w
+    return out_hw, ((y * full_h / in_h, full_h), (x * full_w / in_w, full_w))
+
+
 def upscale(image, *, scale=None, size=None, model=None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-            progress=None) -> np.ndarray:
+            progress=None, region=None, tile=None, max_memory=None, precision=None,
+            dtype=np.float32) -> np.ndarray:
     """Upscale (or resample to any size) an image with LIIF.
 
     ``image``: a uint8/uint16/float array ((h, w) gray or (h, w, 3) RGB; float in [0, 1]) or a
     PIL image. Give ``scale`` (s, or a pair (sx, sy)) or ``size`` = (width, height); a scale
     gives floor(n * s + 0.5) pixels per axis, at least 1. ``model``: from ``load_model()``
-    (default: the bundled EDSR-baseline-LIIF). ``max_pixels``: refuse bigger outputs (None or
-    0: no limit). ``progress(done, total)``: called as output pixels finish; return False to
-    cancel.
+    (default: the bundled EDSR-baseline-LIIF).
 
-    Returns float32 in [0, 1]: (H, W, 3) for RGB input; a gray input stays gray ((H, W), or
+    Options (each is also a CLI flag):
+    ``region`` (x, y, w, h) in input pixels: render only that window of the full result
+    (see ``plan_output``); ``tile``: input pixels per tile side (default: from
+    ``max_memory``, bytes, default 2 GiB); ``precision``: "float32" (default on CPU) or
+    "bfloat16" (default on GPU/TPU); ``dtype``: np.float32 or np.uint8 (rounded to nearest,
+    assembled tile by tile); ``max_pixels``: refuse bigger outputs (None or 0: no limit);
+    ``progress(done, total)``: called as output pixels finish; return False to cancel.
+
+    Returns (H, W, 3) in [0, 1] (or uint8) for RGB input; a gray input stays gray ((H, W), or
     (H, W, 1) for an (h, w, 1) array) -- the model runs on it replicated to RGB and its output
     is converted back with BT.601 luma.
     """
     from liif_jax import engine
 
     img = as_float_image(image)
-    out_hw = output_size(img.pixels.shape[:2], scale=scale, size=size)
+    out_hw, window = plan_output(img.pixels.shape[:2], scale=scale, size=size, region=region)
     check_pixel_limit(out_hw, max_pixels)
     model = model if model is not None else default_model()
+    engine.enable_compilation_cache()
+    settings = engine.RenderSettings(
+        precision=precision or engine.default_precision(), tile=tile,
+        max_memory=engine.DEFAULT_MAX_MEMORY if max_memory is None else int(max_memory))
     rgb = np.repeat(img.pixels[..., None], 3, axis=-1) if img.gray else img.pixels
-    out = engine.render(model, rgb, out_hw, progress=progress)
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.uint8):
+        raise RequestError(f"dtype must be float32 or uint8, got {dtype}")
+    render_dtype = np.float32 if img.gray else dtype  # gray is converted after the render
+    out = engine.render(model, rgb, out_hw, settings=settings, window=window,
+                        out_dtype=render_dtype, progress=progress)
     if img.gray:
         out = np.clip(out @ LUMA, 0.0, 1.0).astype(np.float32)
+        if dtype == np.uint8:
+            from liif_jax.imageio import to_uint8
+
+            out = to_uint8(out)
         if img.keep_channel_axis:
             out = out[..., None]
     return out

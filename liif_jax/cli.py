@@ -8,6 +8,8 @@ import os
 import sys
 import warnings
 
+import numpy as np
+
 from liif_jax import __version__
 from liif_jax.errors import LiifError, LiifWarning, RequestError
 
@@ -40,8 +42,21 @@ examples:
   liif-jax upscale in.png out.npy --size 1440x1080
   liif-jax upscale in.jpg out.jpg --height 2160 --quality 92
 
+IN may be a folder: every image below it is upscaled into OUT (a folder, created if
+needed) keeping the tree; existing outputs are skipped unless --overwrite; one failing image
+is reported and skipped (the exit status is 1 at the end if any failed).
+
+Big images are processed in tiles (exactly: tiles never change the result), sized
+automatically to --max-memory (default 2GB) or set with --tile. --region renders only part
+of the result, with the coordinates of the full render.
+
 EXIF orientation is applied; ICC profile, EXIF and DPI are carried to the output where the
 format allows. Gray images stay gray. Alpha channels are dropped (with a warning) for now.
+
+more examples:
+  liif-jax upscale photos/ photos_x2/ --scale 2 --format png
+  liif-jax upscale huge.tif huge_x2.tif --scale 2 --max-memory 1GB
+  liif-jax upscale in.png crop.png --scale 4 --region 100,50,64,64   (x,y,w,h in input pixels)
 """
 
 CONVERT_HELP = """\
@@ -90,6 +105,41 @@ def _quality_arg(text: str):
     return q
 
 
+def _memory_arg(text: str):
+    units = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
+             "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30}
+    t = text.strip().lower()
+    number = t.rstrip("kmgib")
+    try:
+        value = float(number) * units[t[len(number):]]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"expected a size such as 2GB or 512MB, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return int(value)
+
+
+def _region_arg(text: str):
+    parts = text.split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"expected X,Y,W,H in input pixels, got {text!r}")
+    return values
+
+
+def _tile_arg(text: str):
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def _count_arg(text: str):
     try:
         n = int(text.replace("_", ""))
@@ -102,7 +152,7 @@ def _count_arg(text: str):
 
 def add_upscale_args(p: argparse.ArgumentParser) -> None:
     from liif_jax.api import DEFAULT_MAX_PIXELS
-    from liif_jax.imageio import DEFAULT_QUALITY
+    from liif_jax.imageio import DEFAULT_QUALITY, OUTPUT_FORMATS as OUTPUT_EXTENSIONS
 
     p.add_argument("input", metavar="IN", help="image to upscale (PNG, JPEG, WebP, TIFF, BMP, ...)")
     p.add_argument("output", metavar="OUT", help="where to write the result; format from the extension")
@@ -119,6 +169,26 @@ def add_upscale_args(p: argparse.ArgumentParser) -> None:
                    help=f"JPEG/WebP quality 1-100 (default {DEFAULT_QUALITY})")
     p.add_argument("--max-pixels", type=_count_arg, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse outputs with more pixels (default {DEFAULT_MAX_PIXELS:,}; 0 = no limit)")
+    run = p.add_argument_group("performance")
+    run.add_argument("--tile", type=_tile_arg, metavar="N",
+                     help="input pixels per tile side (default: automatic from --max-memory)")
+    run.add_argument("--max-memory", type=_memory_arg, default=None, metavar="SIZE",
+                     help="memory budget for the automatic tile size, e.g. 1GB (default 2GB)")
+    run.add_argument("--precision", choices=("float32", "bfloat16"),
+                     help="float32 (default on CPU: exact) or bfloat16 (default on GPU/TPU: fast)")
+    p.add_argument("--region", type=_region_arg, metavar="X,Y,W,H",
+                   help="render only this part of the input (input pixels, fractions allowed)")
+    folder = p.add_argument_group("folders (IN is a folder)")
+    folder.add_argument("--format", choices=sorted(e.lstrip(".") for e in OUTPUT_EXTENSIONS),
+                        help="output format for a folder (default: keep each file's own)")
+    folder.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    folder.add_argument("--distributed", action="store_true",
+                        help="multi-host: call jax.distributed.initialize() (auto-detects TPU pods, "
+                             "SLURM, MPI) and let each process take its share of the images")
+    folder.add_argument("--coordinator", metavar="HOST:PORT",
+                        help="with --distributed outside a detected cluster: the coordinator address")
+    folder.add_argument("--num-processes", type=int, metavar="N", help="with --coordinator")
+    folder.add_argument("--process-id", type=int, metavar="I", help="with --coordinator")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
@@ -146,7 +216,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 class _Progress:
-    """A tqdm bar on stderr that appears only for work longer than about a second."""
+    """A tqdm bar on stderr (in output pixels) that appears only for work longer than about a
+    second. ``for_image(offset)`` gives the callback for one image of a set."""
 
     def __init__(self, total: int, desc: str, quiet: bool):
         self.bar = None
@@ -156,40 +227,187 @@ class _Progress:
             self.bar = tqdm(total=total, desc=desc, unit="px", unit_scale=True, delay=1.0,
                             file=sys.stderr, leave=False, dynamic_ncols=True)
 
-    def __call__(self, done: int, total: int):
+    def for_image(self, offset: int):
+        def callback(done: int, total: int):
+            if self.bar is not None:
+                self.bar.update(offset + done - self.bar.n)
+        return callback
+
+    def write(self, line: str):
         if self.bar is not None:
-            self.bar.update(done - self.bar.n)
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
 
     def close(self):
         if self.bar is not None:
             self.bar.close()
 
 
-def run_upscale(args) -> int:
-    from liif_jax.api import check_pixel_limit, output_size, upscale
-    from liif_jax.imageio import check_output_path, read_image, write_image
-    from liif_jax.weights import load_model
-
+def _size_request(args):
     ways = [args.scale is not None, args.size is not None, args.width is not None or args.height is not None]
     if sum(ways) != 1:
         raise RequestError("give the output size one way: --scale, --size, or --width/--height")
+    return dict(scale=args.scale, size=args.size, width=args.width, height=args.height)
+
+
+def _render_size_kwargs(args, in_hw) -> dict:
+    """--scale passes through; --size/--width/--height become an exact size (of the region,
+    if one is given: that size is spread over it)."""
+    from liif_jax.api import output_size, parse_region
+
+    request = _size_request(args)
+    if request["scale"] is not None:
+        return {"scale": request["scale"]}
+    region = parse_region(args.region, in_hw)
+    basis = in_hw if region is None else (region[3], region[2])
+    out_h, out_w = output_size(basis, size=request["size"], width=request["width"],
+                               height=request["height"])
+    return {"size": (out_w, out_h)}
+
+
+def _upscale_file(src, dst, args, model, progress) -> tuple:
+    """Read, render and write one image; returns ((h, w), (H, W))."""
+    from liif_jax.api import upscale
+    from liif_jax.imageio import output_format, read_image, write_image
+
+    image, meta = read_image(src)
+    in_hw = image.pixels.shape[:2]
+    eight_bit = output_format(dst) is not None
+    pixels = upscale(image, model=model, max_pixels=args.max_pixels, progress=progress,
+                     region=args.region, tile=args.tile, max_memory=args.max_memory,
+                     precision=args.precision, dtype=np.uint8 if eight_bit else np.float32,
+                     **_render_size_kwargs(args, in_hw))
+    write_image(dst, pixels, meta, quality=args.quality)
+    return in_hw, pixels.shape[:2]
+
+
+def run_upscale(args) -> int:
+    from pathlib import Path
+
+    from liif_jax.imageio import check_output_path, header_size
+    from liif_jax.weights import load_model
+
+    _size_request(args)
+    if Path(args.input).is_dir():
+        return run_upscale_folder(args)
+    if args.distributed or args.format or args.overwrite:
+        raise RequestError("--distributed, --format and --overwrite are for folders (IN is a folder)")
     check_output_path(args.output, args.input)
-    image, meta = read_image(args.input)
-    out_hw = output_size(image.pixels.shape[:2], scale=args.scale, size=args.size,
-                         width=args.width, height=args.height)
-    check_pixel_limit(out_hw, args.max_pixels)
+    hw = header_size(args.input)
+    total = 0
+    if hw is not None:
+        total = _planned_pixels(args, hw)
     model = load_model(args.weights)
-    progress = _Progress(out_hw[0] * out_hw[1], os.path.basename(args.output), args.quiet)
+    progress = _Progress(total, os.path.basename(args.output), args.quiet)
     try:
-        pixels = upscale(image, size=(out_hw[1], out_hw[0]), model=model, max_pixels=args.max_pixels,
-                         progress=progress)
+        in_hw, out_hw = _upscale_file(args.input, args.output, args, model, progress.for_image(0))
     finally:
         progress.close()
-    write_image(args.output, pixels, meta, quality=args.quality)
     if not args.quiet:
-        h, w = image.pixels.shape[:2]
-        print(f"{args.output}: {w}x{h} -> {out_hw[1]}x{out_hw[0]}", file=sys.stderr)
+        print(f"{args.output}: {in_hw[1]}x{in_hw[0]} -> {out_hw[1]}x{out_hw[0]}", file=sys.stderr)
     return 0
+
+
+def _planned_pixels(args, in_hw) -> int:
+    """Output pixels an image of header size ``in_hw`` will give (0 if unknown or invalid:
+    the real run reports why)."""
+    from liif_jax.api import plan_output
+
+    if in_hw is None:
+        return 0
+    try:
+        out_hw, _ = plan_output(in_hw, region=args.region, **_render_size_kwargs(args, in_hw))
+    except LiifError:
+        return 0
+    return out_hw[0] * out_hw[1]
+
+
+def _folder_jobs(src_root, dst_root, fmt):
+    from pathlib import Path
+
+    from liif_jax.imageio import INPUT_EXTENSIONS
+
+    jobs = []
+    for path in sorted(Path(src_root).rglob("*")):
+        rel = path.relative_to(src_root)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if path.suffix.lower() not in INPUT_EXTENSIONS:
+            continue
+        dst = Path(dst_root) / rel
+        if fmt:
+            dst = dst.with_suffix("." + fmt)
+        jobs.append((path, dst, rel))
+    return jobs
+
+
+def _distributed_share(args, jobs):
+    """Initialise jax.distributed and keep this process's share of the images."""
+    import jax
+
+    kwargs = {}
+    if args.coordinator:
+        if args.num_processes is None or args.process_id is None:
+            raise RequestError("--coordinator needs --num-processes and --process-id")
+        kwargs = dict(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                      process_id=args.process_id)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (RuntimeError, ValueError) as exc:
+        raise RequestError(f"--distributed could not initialise ({_one_line(exc)[:200]})") from None
+    index, count = jax.process_index(), jax.process_count()
+    return jobs[index::count], f"process {index}/{count}: "
+
+
+def run_upscale_folder(args) -> int:
+    from pathlib import Path
+
+    from liif_jax.imageio import header_size, output_format
+    from liif_jax.weights import load_model
+
+    src_root, dst_root = Path(args.input), Path(args.output)
+    from liif_jax.imageio import OUTPUT_FORMATS
+
+    if (dst_root.exists() and not dst_root.is_dir()) or \
+            (not dst_root.exists() and dst_root.suffix.lower() in OUTPUT_FORMATS):
+        raise RequestError(f"IN is a folder, so OUT must be a folder, not '{dst_root.name}'")
+    if dst_root.resolve() == src_root.resolve() or src_root.resolve() in dst_root.resolve().parents:
+        raise RequestError("OUT must not be IN or inside it (outputs would become inputs)")
+    jobs = _folder_jobs(src_root, dst_root, args.format)
+    prefix = ""
+    if args.distributed:
+        jobs, prefix = _distributed_share(args, jobs)
+    todo, skipped = [], 0
+    for src, dst, rel in jobs:
+        if dst.exists() and not args.overwrite:
+            skipped += 1
+        else:
+            todo.append((src, dst, rel))
+    sizes = [_planned_pixels(args, header_size(src)) for src, _, _ in todo]
+    total = sum(sizes)
+    model = load_model(args.weights) if todo else None
+    progress = _Progress(total, f"{prefix}{len(todo)} images", args.quiet)
+    done_px, ok, failed = 0, 0, 0
+    try:
+        for (src, dst, rel), n_px in zip(todo, sizes):
+            try:
+                output_format(dst)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                _upscale_file(src, dst, args, model, progress.for_image(done_px))
+                ok += 1
+            except LiifError as exc:
+                failed += 1
+                progress.write(f"{PROG}: error: {rel}: {_one_line(exc)}")
+            except OSError as exc:
+                failed += 1
+                progress.write(f"{PROG}: error: {rel}: {exc.strerror or _one_line(exc)}")
+            done_px += n_px
+    finally:
+        progress.close()
+    summary = f"{prefix}{ok} upscaled, {skipped} skipped (already there; --overwrite redoes them), {failed} failed"
+    print(summary, file=sys.stderr)
+    return 1 if failed else 0
 
 
 def run_convert(args) -> int:

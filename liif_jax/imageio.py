@@ -25,6 +25,8 @@ from liif_jax.atomic import atomic_output
 from liif_jax.errors import ImageError, LiifWarning, OutputError
 
 # Output extension -> Pillow format (None: NumPy .npy, the exact float32 array).
+INPUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm",
+                    ".pgm", ".pnm", ".tga")
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
                   ".tif": "TIFF", ".tiff": "TIFF", ".npy": None}
 DEFAULT_QUALITY = 95  # JPEG/WebP; Pillow's own default (75) visibly softens an upscale
@@ -201,6 +203,20 @@ def _declared_empty_size(path: Path):
     return size if size and 0 in size else None
 
 
+def header_size(path) -> tuple[int, int] | None:
+    """(height, width) an image file will have once its EXIF orientation is applied, read
+    from the header only; None if it cannot be read (the real read reports why)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except Exception:
+        return None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
 def output_format(path) -> str | None:
     ext = Path(path).suffix.lower()
     if ext not in OUTPUT_FORMATS:
@@ -225,7 +241,9 @@ def check_output_path(out, inp=None) -> None:
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """[0, 1] float -> uint8, rounding to nearest."""
+    """[0, 1] float -> uint8, rounding to nearest (uint8 passes through)."""
+    if pixels.dtype == np.uint8:
+        return pixels
     return np.rint(np.clip(pixels, 0.0, 1.0) * np.float32(255)).astype(np.uint8)
 
 

@@ -203,8 +203,9 @@ def test_missing_input(tmp_path, capsys):
     _bad(tmp_path, capsys, ["--scale", "2"], "input not found", src=tmp_path / "nope.png")
 
 
-def test_folder_as_input(tmp_path, capsys):
-    _bad(tmp_path, capsys, ["--scale", "2"], "is a folder", src=tmp_path)
+def test_folder_in_with_a_file_out(tmp_path, capsys):
+    _bad(tmp_path, capsys, ["--scale", "2"], "IN is a folder, so OUT must be a folder, not 'o.png'",
+         src=tmp_path)
 
 
 def test_corrupt_input(tmp_path, capsys):
