@@ -113,7 +113,7 @@ def enable_compilation_cache() -> str | None:
     except OSError:
         return None  # a read-only home must not stop an upscale
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # every program: none is free
     _cache_enabled = True
     return path
 
@@ -178,24 +178,23 @@ def _report(progress, done, total):
 
 # ------------------------------------------------------------------------- default path
 
-def _cast_params(params, dtype):
-    return jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
-
-
 @partial(jax.jit, static_argnames=("module", "precision"))
 def _encode_table(module, params, crop, valid_hw, *, precision):
     """Encode one padded crop (1, BH, BW, 3) in [0, 1] whose real part is its top-left
-    ``valid_hw``; return the first-layer table flattened to (BH * BW, hidden)."""
+    ``valid_hw``; return the first-layer table flattened to (BH * BW, hidden).
+
+    The encoder always runs in true float32: measured on the goldens, 34 stacked bf16
+    convolutions drift up to 8.8/255 at x12, while a float32 encoder with a bf16 decoder
+    stays within 1.4/255 -- and the decoder is most of the work. The table is stored in the
+    decoder's dtype."""
     trace_counts["encode_table"] += 1
     dtype = _compute_dtype(precision)
     _, bh, bw, _ = crop.shape
     mask = (jnp.arange(bh)[:, None] < valid_hw[0]) & (jnp.arange(bw)[None, :] < valid_hw[1])
-    inp = ((crop - 0.5) / 0.5).astype(dtype)
-    encoder_params = {"encoder": _cast_params(params["encoder"], dtype)}
-    feat = module.apply({"params": encoder_params}, inp, mask[None, :, :, None], method="encode")
-    first = params["imnet"]["dense_0"]
-    table = feature_table({"imnet": {"dense_0": {"kernel": first["kernel"].astype(dtype),
-                                                 "bias": first["bias"]}}}, module, feat)
+    with jax.default_matmul_precision("highest"):
+        feat = module.apply({"params": {"encoder": params["encoder"]}}, (crop - 0.5) / 0.5,
+                            mask[None, :, :, None], method="encode")
+        table = feature_table(params, module, feat)
     return table.reshape(bh * bw, -1).astype(dtype)
 
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
+
+# Compiled programs go to a cache of this test session (inherited by the CLI subprocesses),
+# never to the user's ~/.cache.
+os.environ.setdefault("LIIF_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="liif-jax-test-cache-"))
 
 import jax
 import numpy as np

@@ -355,3 +355,103 @@ def test_bad_input_through_the_real_entry_point_has_no_traceback(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr == "liif-jax: error: input 'bad.png' is not an image file Pillow can read\n"
     assert not (tmp_path / "o.png").exists()
+
+
+# ---------------------------------------------------------------- folders, region, tiles
+
+def _make_tree(root):
+    (root / "a" / "b").mkdir(parents=True)
+    shutil.copy(COFFEE, root / "one.png")
+    shutil.copy(DEV / "in_chelsea_32x32.png", root / "a" / "two.png")
+    Image.open(DEV / "in_astronaut_16x16.png").save(root / "a" / "b" / "three.jpg", quality=95)
+    (root / "notes.txt").write_text("not an image")
+    (root / ".hidden.png").write_bytes(b"skipped: hidden")
+
+
+def test_folder_keeps_the_tree_skips_existing_and_overwrites(tmp_path, capsys):
+    src, dst = tmp_path / "in", tmp_path / "out"
+    _make_tree(src)
+    tiny = ["--weights", TINY / "tiny-liif.pth", "-q"]
+    code, _, err = run(capsys, "upscale", src, dst, "--scale", "2", *tiny)
+    assert code == 0, err
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file()) == \
+        ["a/b/three.jpg", "a/two.png", "one.png"]
+    assert Image.open(dst / "a" / "two.png").size == (64, 64)
+    assert "3 upscaled, 0 skipped" in err and "0 failed" in err
+    stamp = (dst / "one.png").stat().st_mtime_ns
+    code, _, err = run(capsys, "upscale", src, dst, "--scale", "2", *tiny)
+    assert code == 0 and "0 upscaled, 3 skipped" in err
+    assert (dst / "one.png").stat().st_mtime_ns == stamp
+    code, _, err = run(capsys, "upscale", src, dst, "--scale", "2", "--overwrite", *tiny)
+    assert code == 0 and "3 upscaled, 0 skipped" in err
+    assert (dst / "one.png").stat().st_mtime_ns != stamp
+
+
+def test_folder_with_a_bad_image_reports_it_and_goes_on(tmp_path, capsys):
+    src, dst = tmp_path / "in", tmp_path / "out"
+    _make_tree(src)
+    (src / "a" / "broken.png").write_bytes(b"\x89PNG but not really")
+    code, _, err = run(capsys, "upscale", src, dst, "--scale", "2", "--format", "webp",
+                       "--weights", TINY / "tiny-liif.pth", "-q")
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert lines[0] == "liif-jax: error: a/broken.png: input 'broken.png' is not an image file Pillow can read"
+    assert lines[-1].startswith("3 upscaled, 0 skipped") and lines[-1].endswith("1 failed")
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file()) == \
+        ["a/b/three.webp", "a/two.webp", "one.webp"]
+
+
+def test_folder_out_inside_in_is_refused(tmp_path, capsys):
+    _make_tree(tmp_path / "in")
+    code, _, err = run(capsys, "upscale", tmp_path / "in", tmp_path / "in" / "x2", "--scale", "2")
+    assert code == 2 and "must not be IN or inside it" in err
+
+
+def test_region_tile_and_precision_options(tmp_path, capsys):
+    full, part = tmp_path / "full.npy", tmp_path / "part.npy"
+    assert run(capsys, "upscale", COFFEE, full, "--scale", "2", "-q")[0] == 0
+    code, _, err = run(capsys, "upscale", COFFEE, part, "--scale", "2", "--region", "4,6,10,20",
+                       "--tile", "3", "--precision", "float32", "-q")
+    assert code == 0, err
+    a, b = np.load(full), np.load(part)
+    assert b.shape == (40, 20, 3)
+    assert np.abs(b - a[12:52, 8:28]).max() <= 1e-5
+    code, _, err = run(capsys, "upscale", COFFEE, tmp_path / "bf.png", "--scale", "2",
+                       "--precision", "bfloat16", "--max-memory", "1GB", "-q")
+    assert code == 0, err
+    bf = np.asarray(Image.open(tmp_path / "bf.png")).astype(np.float32) / 255
+    assert np.abs(bf - a).max() <= 3 / 255
+
+
+@pytest.mark.parametrize("args,message", [(["--region", "1,2,3"], "X,Y,W,H"),
+                                          (["--region", "0,0,100,5"], "outside"),
+                                          (["--tile", "0"], "at least 1"),
+                                          (["--max-memory", "lots"], "2GB"),
+                                          (["--max-memory", "1MB"], "too small"),
+                                          (["--precision", "fp8"], "invalid choice"),
+                                          (["--overwrite"], "for folders")])
+def test_bad_performance_and_region_options(tmp_path, capsys, args, message):
+    _bad(tmp_path, capsys, ["--scale", "2", *args], message)
+
+
+def test_distributed_folder_split_over_two_local_processes(tmp_path):
+    import socket
+
+    src, dst = tmp_path / "in", tmp_path / "out"
+    _make_tree(src)
+    with socket.socket() as s:  # a free loopback port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}", JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([_cli_exe(), "upscale", str(src), str(dst), "--scale", "2", "--distributed",
+                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                               "--process-id", str(i), "--weights", str(TINY / "tiny-liif.pth"), "-q"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    summaries = [o[1].strip().splitlines()[-1] for o in outs]
+    assert summaries[0].startswith("process 0/2: 2 upscaled")  # 3 images: 2 + 1
+    assert summaries[1].startswith("process 1/2: 1 upscaled")
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file()) == \
+        ["a/b/three.jpg", "a/two.png", "one.png"]

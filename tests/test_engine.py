@@ -1,0 +1,203 @@
+"""The inference engine: exact tiles, no recompiles, windows, 8-bit assembly, bf16, devices,
+the persistent compilation cache."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import liif_jax
+from conftest import DEV, REPO, TINY, golden_cases, read_rgb01
+from liif_jax import engine, tiling
+from liif_jax.errors import RequestError
+
+COFFEE = DEV / "in_coffee_40x24.png"
+
+
+def settings(**kw):
+    return engine.RenderSettings(precision="float32", **kw)
+
+
+# ---------------------------------------------------------------- tiles
+
+def test_tile_plan_covers_every_output_once_and_reads_inside_crops():
+    from liif_jax import geometry
+
+    for n_lr, n_out, tile in [(40, 97, 1), (40, 97, 7), (24, 17, 5), (30, 90, 4), (33, 33, 10)]:
+        coords = geometry.coord_axis(n_out)
+        index = np.stack([geometry.nearest_on_axis(coords, n_lr, s, e)[0]
+                          for s, e in geometry.ensemble_shifts(True)])
+        halo = 3
+        bands = tiling.axis_bands(coords, index, n_lr, tile, halo)
+        covered = np.concatenate([np.arange(b.out_start, b.out_stop) for b in bands])
+        assert np.array_equal(covered, np.arange(n_out))
+        lengths = {b.crop_stop - b.crop_start for b in bands}
+        assert lengths == {tiling.crop_length(tile, n_lr, halo)}  # one encoder shape
+        for b in bands:
+            read = index[:, b.out_start:b.out_stop]
+            # Every feature read is at least `halo` inside the crop, or the crop is at the edge.
+            assert read.min() - b.crop_start >= halo or b.crop_start == 0
+            assert b.crop_stop - read.max() - 1 >= halo or b.crop_stop == n_lr
+
+
+@pytest.mark.parametrize("tile", [1, 2, 3, 5, 8, 13])
+@pytest.mark.parametrize("out_hw", [(97, 61), (52, 31), (30, 17), (100, 24)])
+def test_tiles_equal_untiled_tiny(tiny_model, tile, out_hw):
+    # The tiny model's halo is 7 input pixels, so these tiles really crop the 40x24 input.
+    image = read_rgb01(COFFEE)
+    whole = engine.render(tiny_model, image, out_hw, raw=True, settings=settings())
+    tiled = engine.render(tiny_model, image, out_hw, raw=True, settings=settings(tile=tile))
+    assert np.abs(tiled - whole).max() <= 1e-5
+
+
+def test_tiles_equal_untiled_real_model(real_model):
+    image = read_rgb01(DEV / "in_chelsea_32x32.png")
+    whole = engine.render(real_model, image, (80, 80), settings=settings())
+    tiled = engine.render(real_model, image, (80, 80), settings=settings(tile=5))
+    assert np.abs(tiled - whole).max() <= 1e-5
+    assert np.abs(tiled - np.load(DEV / "chelsea_32x32_to_80x80.npy")).max() <= 1e-4
+
+
+def test_automatic_tile_follows_the_memory_budget(real_model):
+    image = read_rgb01(DEV / "in_chelsea_32x32.png")
+    roomy = engine.choose_tile(real_model, (32, 32), settings(), (64, 64), 1)
+    assert roomy == 32  # fits: no tiling
+    big = engine.choose_tile(real_model, (3000, 4000), settings(max_memory=1 * 2**30), (64, 64), 1)
+    bigger = engine.choose_tile(real_model, (3000, 4000), settings(max_memory=4 * 2**30), (64, 64), 1)
+    assert 8 <= big < bigger < 4000
+    halo = tiling.halo_for(real_model.module.encoder.n_convs)
+    assert tiling.bucket(tiling.crop_length(big, 10**9, halo)) == tiling.crop_length(big, 10**9, halo)
+    with pytest.raises(RequestError, match="too small"):
+        engine.choose_tile(real_model, (3000, 4000), settings(max_memory=2**20), (64, 64), 1)
+    with pytest.raises(RequestError, match="too small"):
+        liif_jax.upscale(image, scale=2, model=real_model, max_memory=2**20)
+
+
+# ---------------------------------------------------------------- compilation
+
+def test_five_image_sizes_compile_the_decoder_once(tiny_model):
+    # A chunk shape no other test uses, so this test sees the first compilation.
+    chunk = (24, 40)
+    before = dict(engine.trace_counts)
+    rng = np.random.default_rng(0)
+    for h, w, scale in [(17, 23, 2.0), (40, 24, 1.7), (31, 31, 3.0), (12, 50, 2.5), (45, 9, 0.8)]:
+        image = rng.random((h, w, 3), dtype=np.float32)
+        engine.render(tiny_model, image, (round(h * scale), round(w * scale)),
+                      settings=settings(chunk=chunk))
+    assert engine.trace_counts["decode"] - before["decode"] == 1
+    # The encoder compiles per padded crop shape (bucketed), not per image size.
+    assert engine.trace_counts["encode_table"] - before["encode_table"] <= 5
+
+
+def test_buckets_are_few_and_monotonic():
+    sizes = sorted({tiling.bucket(n) for n in range(1, 3000)})
+    assert sizes[:8] == [16, 24, 32, 48, 64, 96, 128, 192]
+    assert len(sizes) <= 16
+    assert all(tiling.bucket(n) >= n for n in range(1, 3000))
+
+
+def test_persistent_compilation_cache_serves_a_second_process(tmp_path):
+    code = ("import numpy as np, liif_jax;"
+            "liif_jax.upscale(np.zeros((9, 11, 3), np.uint8), scale=2,"
+            " model=liif_jax.load_model(r'%s'))" % (TINY / "tiny-liif.pth"))
+    env = dict(os.environ, LIIF_JAX_CACHE_DIR=str(tmp_path / "cache"))
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert entries, "the first process wrote nothing to the cache"
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    # Everything the second process needed was already there: nothing new was compiled.
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == entries
+
+
+# ---------------------------------------------------------------- windows and outputs
+
+@pytest.mark.parametrize("scale,region", [(2.5, (2, 4, 10, 8)), (3, (3, 3, 9, 12)), (2, (0, 0, 24, 40))])
+def test_region_equals_the_crop_of_the_full_render(real_model, scale, region):
+    image = read_rgb01(COFFEE)
+    full = liif_jax.upscale(image, scale=scale, model=real_model, precision="float32")
+    part = liif_jax.upscale(image, scale=scale, model=real_model, precision="float32", region=region)
+    x, y, w, h = (int(v * scale) for v in region)
+    assert part.shape == (h, w, 3)
+    assert np.abs(part - full[y:y + h, x:x + w]).max() <= 1e-5
+
+
+def test_region_with_a_size_spreads_it_over_the_window(tiny_model):
+    image = read_rgb01(COFFEE)
+    whole = liif_jax.upscale(image, size=(61, 97), model=tiny_model, precision="float32")
+    same = liif_jax.upscale(image, size=(61, 97), model=tiny_model, precision="float32",
+                            region=(0, 0, 24, 40))
+    assert np.abs(whole - same).max() <= 1e-6
+    sub = liif_jax.upscale(image, size=(30, 20), model=tiny_model, region=(1.5, 2.25, 10.5, 7))
+    assert sub.shape == (20, 30, 3)
+
+
+@pytest.mark.parametrize("region,message", [((0, 0, 0, 5), "> 0"), ((20, 0, 10, 5), "outside"),
+                                            ((0, 0, 5), "x, y, width, height"),
+                                            ((float("nan"), 0, 1, 1), "finite")])
+def test_bad_regions(tiny_model, region, message):
+    with pytest.raises(RequestError, match=message):
+        liif_jax.upscale(read_rgb01(COFFEE), scale=2, model=tiny_model, region=region)
+
+
+def test_uint8_output_is_the_rounded_float_output(tiny_model):
+    image = read_rgb01(COFFEE)
+    f32 = liif_jax.upscale(image, scale=2.5, model=tiny_model, precision="float32")
+    u8 = liif_jax.upscale(image, scale=2.5, model=tiny_model, precision="float32", dtype=np.uint8)
+    assert u8.dtype == np.uint8
+    assert np.array_equal(u8, np.rint(f32 * 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------- precision
+
+def test_bfloat16_stays_within_two_levels_of_the_goldens(real_model):
+    worst = 0.0
+    for name, src, out_hw, raw in golden_cases():
+        if raw:
+            continue
+        out = engine.render(real_model, read_rgb01(DEV / f"in_{src}.png"), out_hw,
+                            settings=engine.RenderSettings(precision="bfloat16"))
+        worst = max(worst, float(np.abs(out - np.load(DEV / name)).max()))
+    assert worst <= 2 / 255
+    assert worst > 1e-4  # it really ran in bfloat16
+
+
+def test_unknown_precision_is_refused(tiny_model):
+    with pytest.raises(RequestError, match="precision"):
+        liif_jax.upscale(read_rgb01(COFFEE), scale=2, model=tiny_model, precision="float16")
+
+
+# ---------------------------------------------------------------- devices
+
+SHARDED = r"""
+import json, sys, numpy as np, jax
+jax.config.update("jax_default_matmul_precision", "highest")
+from liif_jax import engine
+from liif_jax.weights import load_model
+from PIL import Image
+assert len(jax.local_devices()) == 4, jax.local_devices()
+image = np.asarray(Image.open(sys.argv[1]).convert("RGB")).astype(np.float32) / np.float32(255)
+results = {}
+for weights, tile in [(sys.argv[2], None), (sys.argv[2], 3), (None, None)]:
+    model = load_model(weights)
+    s = engine.RenderSettings(precision="float32", tile=tile)
+    out = engine.render(model, image, (97, 61), settings=s, raw=True)
+    np.save(f"{sys.argv[3]}/{'tiny' if weights else 'real'}_{tile}.npy", out)
+"""
+
+
+def test_four_devices_give_the_single_device_result(tmp_path, tiny_model, real_model):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", SHARDED, str(COFFEE), str(TINY / "tiny-liif.pth"), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    image = read_rgb01(COFFEE)
+    for model, name, tile in [(tiny_model, "tiny", None), (tiny_model, "tiny", 3), (real_model, "real", None)]:
+        single = engine.render(model, image, (97, 61), raw=True, settings=settings(tile=tile))
+        sharded = np.load(tmp_path / f"{name}_{tile}.npy")
+        assert np.abs(single - sharded).max() <= 1e-6
