@@ -2,7 +2,7 @@
 
 The default path (``render``):
 
-1. Geometry per axis on the host (``geometry.grid_axis_tables``): exact float32, O(H + W).
+1. Geometry per axis on the host (``geometry.axis_tables``): exact float32, O(H + W).
 2. A tile plan (``tiling``): blocks of output pixels and the input crop each needs.
 3. Per tile, one jit-compiled call encodes the crop (padded to a bucketed shape, with a mask
    so padding cannot leak in: see ``EDSR``) and applies the MLP's first layer as a 3x3
@@ -25,7 +25,6 @@ import contextlib
 import os
 from collections import deque
 from dataclasses import dataclass
-from typing import NamedTuple
 from functools import partial
 from pathlib import Path
 
@@ -301,16 +300,6 @@ def axis_coords(n_out: int, window=None) -> np.ndarray:
     return np.float32(-1 + r) + np.float32(2 * r) * (np.float32(start) + np.arange(n_out, dtype=np.float32))
 
 
-class _AxisTable(NamedTuple):
-    index: np.ndarray  # (S, n) int32
-    rel: np.ndarray  # (S, n) float32
-
-
-def _axis_table(coords, n_lr, shifts) -> _AxisTable:
-    pairs = [geometry.nearest_on_axis(coords, n_lr, s, e) for s, e in shifts]
-    return _AxisTable(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
-
-
 def render(model, image01: np.ndarray, out_hw, *, settings: RenderSettings | None = None,
            raw: bool = False, out_dtype=np.float32, window=None, progress=None) -> np.ndarray:
     """Render an (H, W) = ``out_hw`` output of a [0, 1] RGB image (h, w, 3).
@@ -334,8 +323,8 @@ def render(model, image01: np.ndarray, out_hw, *, settings: RenderSettings | Non
     window = window or ((0, out_h), (0, out_w))
     row_coords = axis_coords(out_h, window[0])
     col_coords = axis_coords(out_w, window[1])
-    shifts = geometry.ensemble_shifts(module.local_ensemble)
-    rows, cols = _axis_table(row_coords, h, shifts), _axis_table(col_coords, w, shifts)
+    rows = geometry.axis_tables(row_coords, h, module.local_ensemble)
+    cols = geometry.axis_tables(col_coords, w, module.local_ensemble)
     cell = np.array([np.float32(2 / window[0][1]), np.float32(2 / window[1][1])], np.float32)
     rel_cell = geometry.relative_cell(cell, (h, w))
 
@@ -403,7 +392,7 @@ def _chunk_jobs(rb, cb, rows, cols, chunk):
     return jobs
 
 
-def _pad_axis(table: _AxisTable, start, stop, size, origin):
+def _pad_axis(table: geometry.AxisTables, start, stop, size, origin):
     """Rows (or columns) [start, stop) of an axis table, relative to ``origin``, zero-padded
     to ``size`` (index 0 is always valid; padded results are discarded)."""
     n = stop - start

@@ -116,16 +116,16 @@ class AxisTables(NamedTuple):
     rel: np.ndarray
 
 
+def axis_tables(coords, n_feat: int, local_ensemble: bool = True) -> AxisTables:
+    """Lookups for 1-D query coordinates ``coords`` along one axis of ``n_feat`` features."""
+    pairs = [nearest_on_axis(coords, n_feat, s, e) for s, e in ensemble_shifts(local_ensemble)]
+    return AxisTables(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+
+
 def grid_axis_tables(out_hw, feat_hw, local_ensemble: bool = True):
     """Row and column tables for an ``out_hw`` output on a ``feat_hw`` feature map.
     Depends only on sizes: compute once per size pair and reuse."""
-    shifts = ensemble_shifts(local_ensemble)
-    tables = []
-    for axis in (0, 1):
-        coord = coord_axis(out_hw[axis])
-        pairs = [nearest_on_axis(coord, feat_hw[axis], s, e) for s, e in shifts]
-        tables.append(AxisTables(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])))
-    return tables[0], tables[1]
+    return tuple(axis_tables(coord_axis(out_hw[a]), feat_hw[a], local_ensemble) for a in (0, 1))
 
 
 def grid_query_geometry(rows: AxisTables, cols: AxisTables, row_idx, col_idx, cell_rel):

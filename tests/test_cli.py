@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DEV, REPO, TINY
+from conftest import DEV, TINY
 from liif_jax.cli import main
 
 COFFEE = DEV / "in_coffee_40x24.png"  # 24 wide x 40 tall

@@ -1,17 +1,15 @@
 """The inference engine: exact tiles, no recompiles, windows, 8-bit assembly, bf16, devices,
 the persistent compilation cache."""
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import liif_jax
-from conftest import DEV, REPO, TINY, golden_cases, read_rgb01
+from conftest import DEV, TINY, golden_cases, read_rgb01
 from liif_jax import engine, tiling
 from liif_jax.errors import RequestError
 

@@ -9,7 +9,6 @@ we cannot build, with a message that says what is supported.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 
@@ -115,7 +114,3 @@ def spec_from_json(text: str) -> dict:
         return normalize_spec(json.loads(text))
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"weight file has an unreadable model spec ({exc})") from None
-
-
-def copy_spec(spec: dict) -> dict:
-    return copy.deepcopy(spec)
