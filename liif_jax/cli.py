@@ -51,7 +51,8 @@ automatically to --max-memory (default 2GB) or set with --tile. --region renders
 of the result, with the coordinates of the full render.
 
 EXIF orientation is applied; ICC profile, EXIF and DPI are carried to the output where the
-format allows. Gray images stay gray. Alpha channels are dropped (with a warning) for now.
+format allows. Gray images stay gray. Alpha is upscaled too (its own LIIF pass; transparent
+pixels first take their surroundings' colour, so edges get no dark fringes).
 
 more examples:
   liif-jax upscale photos/ photos_x2/ --scale 2 --format png
@@ -67,6 +68,16 @@ refused. The output carries the model spec, the source's sha256 and a license no
 
 example:
   liif-jax convert edsr-baseline-liif.pth edsr-baseline-liif.safetensors
+"""
+
+
+BRIDGE_HELP = """\
+Serve upscale requests on stdin/stdout: one JSON header line per request followed by raw
+pixels (u8, u16 or float32; RGB, RGBA, GRAY, GRAYA), answered by progress lines and a result
+header with raw pixels, or an error line. The model stays loaded between requests. Closing
+stdin, a {"liif": 1, "op": "cancel"} line, or SIGTERM cancels a running request. The
+protocol is documented in liif_jax/bridge/protocol.py. Used by the GIMP plug-in; any program
+that cannot import JAX can use it.
 """
 
 
@@ -212,7 +223,17 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                           description=CONVERT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_convert_args(conv)
     conv.set_defaults(run=run_convert)
+    bridge = sub.add_parser("bridge", help="serve the bridge protocol on stdin/stdout (for GIMP and other hosts)",
+                            description=BRIDGE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bridge.add_argument("--weights", metavar="FILE", help="weights to serve (default: the bundled ones)")
+    bridge.set_defaults(run=run_bridge)
     return parser
+
+
+def run_bridge(args) -> int:
+    from liif_jax.bridge.worker import serve_stdio
+
+    return serve_stdio(args.weights)
 
 
 class _Progress:
@@ -227,10 +248,12 @@ class _Progress:
             self.bar = tqdm(total=total, desc=desc, unit="px", unit_scale=True, delay=1.0,
                             file=sys.stderr, leave=False, dynamic_ncols=True)
 
-    def for_image(self, offset: int):
+    def for_image(self, offset: int, n_px: int):
+        """Callback for one image whose share of the bar is ``n_px`` starting at ``offset``
+        (the library's own total may count extra passes, e.g. for alpha)."""
         def callback(done: int, total: int):
-            if self.bar is not None:
-                self.bar.update(offset + done - self.bar.n)
+            if self.bar is not None and total:
+                self.bar.update(offset + int(n_px * done / total) - self.bar.n)
         return callback
 
     def write(self, line: str):
@@ -301,7 +324,7 @@ def run_upscale(args) -> int:
     model = load_model(args.weights)
     progress = _Progress(total, os.path.basename(args.output), args.quiet)
     try:
-        in_hw, out_hw = _upscale_file(args.input, args.output, args, model, progress.for_image(0))
+        in_hw, out_hw = _upscale_file(args.input, args.output, args, model, progress.for_image(0, total))
     finally:
         progress.close()
     if not args.quiet:
@@ -394,7 +417,7 @@ def run_upscale_folder(args) -> int:
             try:
                 output_format(dst)
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                _upscale_file(src, dst, args, model, progress.for_image(done_px))
+                _upscale_file(src, dst, args, model, progress.for_image(done_px, n_px))
                 ok += 1
             except LiifError as exc:
                 failed += 1

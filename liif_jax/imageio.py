@@ -5,8 +5,8 @@ the one place that turns arrays, PIL images and files into that and back:
 
 - uint8 / 255, uint16 / 65535, float taken as [0, 1] (clipped; NaN/inf refused);
 - PIL modes: RGB and L as they are; 1 -> L; I;16 / I (16-bit gray) and F stay gray in full
-  precision; P, CMYK, YCbCr -> RGB; RGBA / LA / PA: alpha is dropped with a warning (the
-  shared alpha path comes with the GIMP bridge);
+  precision; P, CMYK, YCbCr -> RGB; RGBA / LA / PA (and P with transparency) keep their
+  alpha (a separate (h, w) plane, straight -- not premultiplied);
 - files: EXIF orientation applied on read; ICC profile, EXIF (orientation reset) and DPI
   carried to the output where the format allows; outputs written to a temp file beside the
   target and renamed, so an interrupted run never leaves a half image.
@@ -37,11 +37,13 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 @dataclass
 class FloatImage:
-    """Pixels as float32 in [0, 1]: (h, w, 3) RGB, or (h, w) gray when ``gray``."""
+    """Pixels as float32 in [0, 1]: (h, w, 3) RGB, or (h, w) gray when ``gray``; ``alpha``
+    (h, w) or None."""
 
     pixels: np.ndarray
     gray: bool
     keep_channel_axis: bool = False  # a (h, w, 1) array in gives (H, W, 1) out
+    alpha: np.ndarray | None = None
 
 
 @dataclass
@@ -83,14 +85,14 @@ def from_array(array, what: str = "image") -> FloatImage:
         raise ImageError(f"{what} has shape {array.shape}; expected (h, w) or (h, w, 1|2|3|4)")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageError(f"{what} has no pixels ({array.shape[1]}x{array.shape[0]})")
-    if channels in (2, 4):
-        _warn(f"{what} has an alpha channel; it is dropped (alpha upscaling is not supported yet)")
-        array = array[..., : channels - 1]
-        channels -= 1
     pixels = _to_float(array, what)
-    if channels == 3:
-        return FloatImage(pixels, gray=False)
-    return FloatImage(pixels.reshape(pixels.shape[:2]), gray=True, keep_channel_axis=channels == 1)
+    alpha = None
+    if channels in (2, 4):
+        pixels, alpha = pixels[..., : channels - 1], pixels[..., channels - 1]
+    if channels in (3, 4):
+        return FloatImage(pixels, gray=False, alpha=alpha)
+    return FloatImage(pixels.reshape(pixels.shape[:2]), gray=True, keep_channel_axis=channels == 1,
+                      alpha=alpha)
 
 
 _GRAY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -107,9 +109,11 @@ def from_pil(img, what: str = "image") -> FloatImage:
         mode_to = "RGBA" if "transparency" in img.info else "RGB"
         img, mode = img.convert(mode_to), mode_to
     if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
-        _warn(f"{what} has an alpha channel; it is dropped (alpha upscaling is not supported yet)")
-        img = img.convert("L" if mode in ("LA", "La") else "RGB")
-        mode = img.mode
+        straight = img.convert("LA" if mode in ("LA", "La") else "RGBA")
+        arr = np.asarray(straight).astype(np.float32) / np.float32(255)
+        if mode in ("LA", "La"):
+            return FloatImage(arr[..., 0], gray=True, alpha=arr[..., 1])
+        return FloatImage(arr[..., :3], gray=False, alpha=arr[..., 3])
     if mode == "1":
         img, mode = img.convert("L"), "L"
     if mode == "L":
@@ -249,13 +253,20 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
 
 def write_image(path, pixels: np.ndarray, meta: ImageMeta | None = None,
                 quality: int = DEFAULT_QUALITY) -> None:
-    """Write [0, 1] float pixels (H, W, 3) or (H, W) to ``path``, format from the extension,
-    atomically: a temp file in the same folder, renamed over the target when complete."""
+    """Write pixels to ``path``, format from the extension, atomically (a temp file in the same
+    folder, renamed over the target when complete). ``pixels``: [0, 1] float or uint8, shaped
+    (H, W) gray, (H, W, 2) gray + alpha, (H, W, 3) RGB or (H, W, 4) RGBA. JPEG has no alpha:
+    it is dropped there, with a warning."""
     from PIL import Image
 
     path = Path(path)
     fmt = output_format(path)
     meta = meta or ImageMeta()
+    if fmt == "JPEG" and pixels.ndim == 3 and pixels.shape[2] in (2, 4):
+        _warn(f"JPEG cannot store alpha: '{path.name}' is written without it")
+        pixels = pixels[..., :-1]
+        if pixels.shape[2] == 1:
+            pixels = pixels[..., 0]
     try:
         with atomic_output(path) as f:
             if fmt is None:

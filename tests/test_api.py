@@ -7,7 +7,7 @@ from PIL import Image
 import liif_jax
 from conftest import DEV
 from liif_jax.api import output_size
-from liif_jax.errors import ImageError, LiifWarning, RequestError
+from liif_jax.errors import ImageError, RequestError
 
 
 def test_import_is_cheap_and_lazy():
@@ -87,12 +87,52 @@ def test_gray_stays_gray(tiny_model):
     assert pil.shape == (80, 48)
 
 
-def test_alpha_is_dropped_with_a_warning(tiny_model):
+def test_alpha_is_kept_and_opaque_alpha_costs_nothing(tiny_model, real_model):
     rgb = _coffee_u8()
-    rgba = np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 7, np.uint8)], axis=-1)
-    with pytest.warns(LiifWarning, match="alpha"):
-        out = liif_jax.upscale(rgba, scale=1.5, model=tiny_model)
-    assert np.array_equal(out, liif_jax.upscale(rgb, scale=1.5, model=tiny_model))
+    opaque = np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255, np.uint8)], axis=-1)
+    out = liif_jax.upscale(opaque, scale=1.5, model=tiny_model)
+    assert out.shape == (60, 36, 4)
+    assert np.array_equal(out[..., :3], liif_jax.upscale(rgb, scale=1.5, model=tiny_model))
+    assert np.all(out[..., 3] == 1)
+    gray_alpha = np.stack([rgb[..., 0], np.full(rgb.shape[:2], 128, np.uint8)], axis=-1)
+    out2 = liif_jax.upscale(gray_alpha, scale=2, model=real_model)
+    assert out2.shape == (80, 48, 2)
+    assert np.allclose(out2[..., 1], 128 / 255, atol=2 / 255)  # a flat alpha stays flat
+
+
+def test_transparent_black_gives_no_dark_fringes(real_model):
+    """A red disc on fully transparent *black*: the upscaled edge must stay red, not darken."""
+    yy, xx = np.mgrid[0:32, 0:32]
+    inside = (yy - 15.5) ** 2 + (xx - 15.5) ** 2 <= 10 ** 2
+    rgba = np.zeros((32, 32, 4), np.float32)
+    rgba[inside] = [0.9, 0.1, 0.1, 1.0]
+    out = liif_jax.upscale(rgba, scale=3, model=real_model)
+    alpha = out[..., 3]
+    edge = (alpha > 0.1) & (alpha < 0.9)
+    assert edge.sum() > 50  # there is an antialiased edge to look at
+    visible = alpha > 0.1
+    assert out[..., 0][visible].min() > 0.8  # red stays red where it can be seen
+    assert out[..., 1][visible].max() < 0.2
+    # The naive way (upscale RGB with its black background) does darken the same edge.
+    naive = liif_jax.upscale(rgba[..., :3], scale=3, model=real_model)
+    assert naive[..., 0][edge].min() < 0.6
+
+
+def test_bleed_colour_fills_only_transparent_pixels():
+    from liif_jax.api import bleed_colour
+
+    colour = np.zeros((5, 7, 3), np.float32)
+    alpha = np.zeros((5, 7), np.float32)
+    colour[1, 1] = [0.2, 0.4, 0.6]
+    alpha[1, 1] = 0.5
+    colour[3, 5] = [1.0, 1.0, 0.0]
+    alpha[3, 5] = 1.0
+    filled = bleed_colour(colour, alpha)
+    assert np.array_equal(filled[1, 1], colour[1, 1]) and np.array_equal(filled[3, 5], colour[3, 5])
+    assert np.allclose(filled[0, 0], [0.2, 0.4, 0.6])  # nearest visible colour
+    assert np.allclose(filled[4, 6], [1.0, 1.0, 0.0])
+    assert np.all(np.isfinite(filled))
+    assert np.array_equal(bleed_colour(colour, np.zeros_like(alpha)), np.zeros_like(colour))
 
 
 @pytest.mark.parametrize("image,message", [

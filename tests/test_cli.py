@@ -140,8 +140,8 @@ def test_formats_quality_and_metadata(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("mode,expected_mode", [("P", "RGB"), ("CMYK", "RGB"), ("L", "L"),
-                                                ("I;16", "L"), ("1", "L"), ("RGBA", "RGB"),
-                                                ("LA", "L")])
+                                                ("I;16", "L"), ("1", "L"), ("RGBA", "RGBA"),
+                                                ("LA", "LA")])
 def test_modes_are_converted(tmp_path, capsys, mode, expected_mode):
     base = Image.open(COFFEE)
     if mode == "I;16":
@@ -156,10 +156,26 @@ def test_modes_are_converted(tmp_path, capsys, mode, expected_mode):
     assert code == 0, err
     with Image.open(tmp_path / "o.png") as out:
         assert out.mode == expected_mode and out.size == (36, 60)
-    if "A" in mode:
-        assert "warning" in err and "alpha" in err and len(err.strip().splitlines()) == 1
-    else:
-        assert err == ""
+    assert err == ""
+
+
+def test_alpha_survives_and_jpeg_drops_it_with_a_warning(tmp_path, capsys):
+    rgba = Image.open(COFFEE).convert("RGBA")
+    a = np.asarray(rgba).copy()
+    a[:, :12, 3] = 0  # left half transparent
+    src = tmp_path / "in.png"
+    Image.fromarray(a).save(src)
+    code, _, err = run(capsys, "upscale", src, tmp_path / "o.png", "--scale", "2",
+                       "--weights", TINY / "tiny-liif.pth", "-q")
+    assert code == 0, err
+    out = np.asarray(Image.open(tmp_path / "o.png"))
+    assert out.shape == (80, 48, 4)
+    assert out[:, :20, 3].max() <= 5 and out[:, 28:, 3].min() >= 250
+    code, _, err = run(capsys, "upscale", src, tmp_path / "o.jpg", "--scale", "2",
+                       "--weights", TINY / "tiny-liif.pth", "-q")
+    assert code == 0
+    assert err.strip() == "liif-jax: warning: JPEG cannot store alpha: 'o.jpg' is written without it"
+    assert Image.open(tmp_path / "o.jpg").mode == "RGB"
 
 
 def test_interrupted_write_leaves_no_half_image(tmp_path, monkeypatch):

@@ -1,0 +1,191 @@
+"""``liif-jax bridge``: serve the bridge protocol (see ``protocol``) on a pair of byte streams.
+
+A reader thread owns the input stream: it parses headers, reads payloads and queues jobs,
+so a ``cancel`` message -- or the end of the stream -- is seen while a job runs. The main
+thread runs jobs and is the only writer. The model is loaded on the first upscale and kept.
+A job is cancelled promptly (after the chunk in flight) by ``cancel``, by closing the input
+stream, or by SIGTERM.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import signal
+import threading
+import time
+
+from liif_jax.bridge import protocol
+from liif_jax.bridge.protocol import ProtocolError
+from liif_jax.errors import CheckpointError, ImageError, LiifError, RequestError
+
+PROGRESS_INTERVAL_S = 0.1
+
+
+def _error_code(exc: Exception) -> str:
+    from liif_jax.engine import Cancelled
+
+    for cls, code in ((Cancelled, "cancelled"), (ImageError, "image"), (RequestError, "request"),
+                      (CheckpointError, "checkpoint")):
+        if isinstance(exc, cls):
+            return code
+    return "request" if isinstance(exc, LiifError) else "internal"
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())[:500]
+
+
+class Worker:
+    def __init__(self, instream, outstream, weights=None):
+        self.instream, self.outstream, self.weights = instream, outstream, weights
+        self.model = None
+        self.jobs: queue.Queue = queue.Queue()
+        self.received = 0  # upscale requests read so far
+        self.cancel_before = 0  # jobs numbered below this are cancelled
+        self.lock = threading.Lock()
+
+    # ------------------------------------------------------------------ input side
+    def _discard(self, n: int) -> bool:
+        while n > 0:
+            chunk = self.instream.read(min(n, 1 << 20))
+            if not chunk:
+                return False
+            n -= len(chunk)
+        return True
+
+    def _read_loop(self):
+        while True:
+            try:
+                message = protocol.read_message(self.instream)
+                if message is None:
+                    break
+                request = protocol.parse_request(message)
+            except ProtocolError as exc:
+                if exc.skip and not self._discard(exc.skip):
+                    self.jobs.put(("error", ProtocolError("short_payload", "stream ended inside a payload",
+                                                          request_id=exc.request_id)))
+                    break
+                self.jobs.put(("error", exc))
+                continue
+            except (OSError, ValueError):
+                break
+            if request["op"] == "cancel":
+                with self.lock:
+                    self.cancel_before = self.received
+                continue
+            if request["op"] != "upscale":
+                self.jobs.put((request["op"], request))
+                if request["op"] == "quit":
+                    return
+                continue
+            data = self.instream.read(message["bytes"])
+            if len(data) != message["bytes"]:
+                self.jobs.put(("error", ProtocolError(
+                    "short_payload", f"payload ended after {len(data)} of {message['bytes']} bytes",
+                    request_id=request.get("id"))))
+                break
+            with self.lock:
+                number = self.received
+                self.received += 1
+            self.jobs.put(("upscale", (number, request, data)))
+        self.stop()  # end of input: cancel whatever runs, then exit
+        self.jobs.put(("eof", None))
+
+    def stop(self):
+        with self.lock:
+            self.cancel_before = math.inf
+
+    # ------------------------------------------------------------------ output side
+    def _send(self, message: dict, payload: bytes = b""):
+        self.outstream.write(protocol.encode(message) + payload)
+        self.outstream.flush()
+
+    def _run(self, number, request, data):
+        from liif_jax.api import upscale
+        from liif_jax.weights import load_model
+
+        rid = request.get("id")
+        last = [0.0]
+
+        def progress(done, total):
+            if self.cancel_before > number:
+                return False
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_INTERVAL_S or done == total:
+                last[0] = now
+                self._send({"event": "progress", "id": rid, "done": done, "total": total})
+            return True
+
+        if self.cancel_before > number:
+            raise _cancelled()
+        if self.model is None:
+            self.model = load_model(self.weights)
+        pixels = protocol.payload_to_pixels(data, request)
+        scale = request.get("scale")
+        start = time.perf_counter()
+        out = upscale(pixels, scale=tuple(scale) if isinstance(scale, list) else scale,
+                      size=tuple(request["size"]) if "size" in request else None, model=self.model,
+                      region=request.get("region"), tile=request.get("tile"),
+                      max_memory=request.get("max_memory"), precision=request.get("precision"),
+                      max_pixels=request.get("max_pixels", 100_000_000), progress=progress)
+        compute = time.perf_counter() - start
+        payload = protocol.pixels_to_payload(out, request["format"])
+        self._send({"event": "result", "id": rid, "width": int(out.shape[1]), "height": int(out.shape[0]),
+                    "channels": request["channels"], "format": request["format"], "bytes": len(payload),
+                    "compute_s": round(compute, 4)}, payload)
+
+    def serve(self) -> int:
+        reader = threading.Thread(target=self._read_loop, name="liif-bridge-reader", daemon=True)
+        reader.start()
+        while True:
+            kind, item = self.jobs.get()
+            if kind in ("eof", "quit"):
+                return 0
+            if kind == "error":
+                self._send({"event": "error", "id": item.request_id, "code": item.code,
+                            "message": _one_line(item)})
+                if item.code == "short_payload":
+                    return 1
+                continue
+            if kind == "ping":
+                from liif_jax import __version__
+
+                name = self.model.name if self.model is not None else "not loaded yet"
+                self._send({"event": "pong", "id": item.get("id"), "version": __version__,
+                            "protocol": protocol.PROTOCOL, "model": name})
+                continue
+            number, request, data = item
+            try:
+                self._run(number, request, data)
+            except (LiifError, ValueError, TypeError, MemoryError) as exc:
+                code = _error_code(exc) if not isinstance(exc, MemoryError) else "request"
+                message = "out of memory" if isinstance(exc, MemoryError) else _one_line(exc)
+                self._send({"event": "error", "id": request.get("id"), "code": code, "message": message})
+            except Exception as exc:  # the worker must survive anything one request does
+                self._send({"event": "error", "id": request.get("id"), "code": "internal",
+                            "message": _one_line(f"{type(exc).__name__}: {exc}")})
+
+
+def _cancelled():
+    from liif_jax.engine import Cancelled
+
+    return Cancelled("cancelled")
+
+
+def serve_stdio(weights=None) -> int:
+    """Run a worker on this process's stdin/stdout. Anything else that writes to stdout (a
+    library's print, a C-level message) is redirected to stderr, so the protocol stream
+    cannot be corrupted."""
+    import os
+    import sys
+
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    worker = Worker(sys.stdin.buffer, out, weights)
+    signal.signal(signal.SIGTERM, lambda *_: (worker.stop(), worker.jobs.put(("eof", None))))
+    try:
+        return worker.serve()
+    except (BrokenPipeError, KeyboardInterrupt):
+        return 1

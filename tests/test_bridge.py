@@ -1,0 +1,238 @@
+"""The bridge worker (``liif-jax bridge``) over real pipes: every pixel format, malformed
+input, cancellation, and a long session."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import liif_jax
+from conftest import TINY
+from liif_jax.bridge import protocol
+
+TINY_PTH = str(TINY / "tiny-liif.pth")
+
+
+class Bridge:
+    def __init__(self, weights=TINY_PTH):
+        exe = os.path.join(os.path.dirname(sys.executable), "liif-jax")
+        self.proc = subprocess.Popen([exe, "bridge", "--weights", weights], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def send(self, header: dict, payload: bytes = b"", raw: bytes | None = None):
+        self.proc.stdin.write(raw if raw is not None else protocol.encode(header) + payload)
+        self.proc.stdin.flush()
+
+    def event(self, timeout=120):
+        line = self.proc.stdout.readline()
+        assert line, f"worker closed its output; stderr: {self.proc.stderr.read()[-2000:]!r}"
+        message = json.loads(line)
+        assert message["liif"] == 1
+        if message.get("bytes"):
+            message["payload"] = self.proc.stdout.read(message["bytes"])
+        return message
+
+    def final(self):
+        """Skip progress events; return the result or error."""
+        while True:
+            message = self.event()
+            if message["event"] != "progress":
+                return message
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def bridge():
+    b = Bridge()
+    yield b
+    if b.proc.poll() is None:
+        b.proc.kill()
+    b.close()
+
+
+def request(pixels, fmt, channels, **options):
+    payload = np.ascontiguousarray(pixels).astype(protocol.FORMATS[fmt]).tobytes()
+    h, w = pixels.shape[:2]
+    return {"op": "upscale", "width": w, "height": h, "format": fmt, "channels": channels,
+            "bytes": len(payload), **options}, payload
+
+
+def sample(channels, fmt, h=13, w=17, seed=0):
+    rng = np.random.default_rng(seed)
+    n = protocol.CHANNELS[channels]
+    x = rng.random((h, w, n), dtype=np.float32)
+    if channels in ("RGBA", "GRAYA"):
+        x[..., -1] = np.where(x[..., -1] < 0.3, 0.0, x[..., -1])
+    if fmt == "u8":
+        return np.rint(x * 255).astype(np.uint8)
+    if fmt == "u16":
+        return np.rint(x * 65535).astype(np.uint16)
+    return x
+
+
+@pytest.mark.parametrize("fmt", ["u8", "u16", "f32"])
+@pytest.mark.parametrize("channels", ["RGB", "RGBA", "GRAY", "GRAYA"])
+def test_round_trip_every_format(bridge, tiny_model, fmt, channels):
+    pixels = sample(channels, fmt)
+    header, payload = request(pixels, fmt, channels, scale=2.5, id="r1")
+    bridge.send(header, payload)
+    result = bridge.final()
+    assert result["event"] == "result", result
+    assert (result["width"], result["height"]) == (43, 33)  # floor(17 * 2.5 + 0.5), floor(13 * 2.5 + 0.5)
+    assert result["format"] == fmt and result["channels"] == channels and result["id"] == "r1"
+    assert result["compute_s"] > 0
+    got = np.frombuffer(result["payload"], dtype=protocol.FORMATS[fmt]).reshape(33, 43, -1)
+    lib_in = pixels[..., 0] if channels == "GRAY" else pixels
+    expected = liif_jax.upscale(lib_in, scale=2.5, model=tiny_model)
+    expected = expected.reshape(33, 43, -1)
+    scale = {"u8": 255, "u16": 65535, "f32": 1}[fmt]
+    assert np.abs(got.astype(np.float64) / scale - expected).max() <= 1.0 / scale + 1e-6
+
+
+def test_progress_events_come_before_the_result(bridge):
+    header, payload = request(sample("RGB", "u8", 40, 40), "u8", "RGB", scale=3)
+    bridge.send(header, payload)
+    events = []
+    while True:
+        e = bridge.event()
+        events.append(e)
+        if e["event"] != "progress":
+            break
+    assert events[-1]["event"] == "result"
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress and progress[-1]["done"] == progress[-1]["total"] == 120 * 120
+
+
+@pytest.mark.parametrize("raw,code", [
+    (b"this is not json\n", "bad_header"),
+    (b"[1, 2, 3]\n", "bad_header"),
+    (protocol.encode({"op": "frobnicate"}), "bad_request"),
+    (b'{"liif": 7, "op": "ping"}\n', "bad_version"),
+    (b"{" + b" " * (70 * 1024) + b"}\n", "bad_header"),
+])
+def test_malformed_messages_get_errors_and_the_worker_stays_healthy(bridge, raw, code):
+    bridge.send({}, raw=raw)
+    error = bridge.event()
+    assert error["event"] == "error" and error["code"] == code
+    assert "\n" not in error["message"]
+    bridge.send({"op": "ping", "id": 5})
+    pong = bridge.event()
+    assert pong["event"] == "pong" and pong["id"] == 5 and pong["protocol"] == 1
+
+
+def test_bad_requests_skip_their_payload_and_the_next_request_works(bridge):
+    pixels = sample("RGB", "u8")
+    header, payload = request(pixels, "u8", "RGB", scale=2)
+    cases = [
+        ({**header, "bytes": len(payload) - 3}, payload[:-3], "bad_request", "'bytes' must be"),
+        ({**header, "channels": "CMYK"}, payload, "bad_request", "'channels'"),
+        ({**header, "width": 0}, payload, "bad_request", "'width'"),
+        ({k: v for k, v in header.items() if k != "scale"}, payload, "bad_request", "exactly one"),
+        ({**header, "scale": -1}, payload, "request", "> 0"),
+        ({**header, "scale": 1000}, payload, "request", "over the limit"),
+        ({**header, "region": [0, 0, 99, 99]}, payload, "request", "outside"),
+        ({**header, "precision": "float8"}, payload, "request", "precision"),
+    ]
+    for bad, body, code, text in cases:
+        bridge.send(bad, body)
+        error = bridge.final()
+        assert error["event"] == "error" and error["code"] == code and text in error["message"], (bad, error)
+    bridge.send(header, payload)
+    assert bridge.final()["event"] == "result"
+
+
+def test_absurd_sizes_are_refused_without_reading(bridge):
+    bridge.send({"op": "upscale", "width": 100_000, "height": 100_000, "format": "f32",
+                 "channels": "RGBA", "bytes": 100_000 * 100_000 * 16, "scale": 2})
+    error = bridge.event()
+    assert error["code"] == "too_large"
+    bridge.send({"op": "ping"})
+    assert bridge.event()["event"] == "pong"
+
+
+def test_short_payload_at_end_of_stream(bridge):
+    header, payload = request(sample("RGB", "u8"), "u8", "RGB", scale=2)
+    bridge.send(header, payload[:100])
+    bridge.proc.stdin.close()
+    error = bridge.event()
+    assert error["code"] == "short_payload"
+    assert bridge.proc.wait(timeout=60) == 1
+
+
+def _start_long_job(bridge):
+    header, payload = request(sample("RGB", "u8", 48, 48), "u8", "RGB", scale=60, id="long",
+                              max_pixels=0)
+    bridge.send(header, payload)
+    first = bridge.event()
+    assert first["event"] == "progress", first  # it is running
+    return first
+
+
+def test_cancel_message_stops_the_job_and_the_worker_goes_on(bridge):
+    _start_long_job(bridge)
+    start = time.monotonic()
+    bridge.send({"op": "cancel"})
+    error = bridge.final()
+    assert error["event"] == "error" and error["code"] == "cancelled" and error["id"] == "long"
+    assert time.monotonic() - start < 10
+    header, payload = request(sample("GRAY", "u8"), "u8", "GRAY", size=[20, 10])
+    bridge.send(header, payload)
+    result = bridge.final()
+    assert result["event"] == "result" and (result["width"], result["height"]) == (20, 10)
+
+
+def test_closing_stdin_cancels_promptly(bridge):
+    _start_long_job(bridge)
+    start = time.monotonic()
+    bridge.proc.stdin.close()
+    assert bridge.proc.wait(timeout=30) == 0
+    assert time.monotonic() - start < 10
+
+
+def test_sigterm_cancels_promptly(bridge):
+    _start_long_job(bridge)
+    start = time.monotonic()
+    bridge.proc.send_signal(signal.SIGTERM)
+    bridge.proc.wait(timeout=30)
+    assert time.monotonic() - start < 10
+
+
+def test_twenty_requests_in_a_row_one_model_load(bridge):
+    times = []
+    for i in range(20):
+        header, payload = request(sample("RGBA", "u8", 9 + i % 3, 11, seed=i), "u8", "RGBA",
+                                  scale=1.5 + i / 10, id=i)
+        bridge.send(header, payload)
+        result = bridge.final()
+        assert result["event"] == "result" and result["id"] == i
+        times.append(result["compute_s"])
+    bridge.send({"op": "ping"})
+    assert bridge.event()["model"] == "tiny-liif.pth"
+    bridge.send({"op": "quit"})
+    assert bridge.proc.wait(timeout=30) == 0
+
+
+def test_bad_weights_are_a_checkpoint_error_not_a_crash(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"nope")
+    b = Bridge(weights=str(bad))
+    try:
+        header, payload = request(sample("RGB", "u8"), "u8", "RGB", scale=2)
+        b.send(header, payload)
+        error = b.final()
+        assert error["code"] == "checkpoint" and "neither a liif-jax .safetensors file nor a PyTorch checkpoint" in error["message"]
+        b.send({"op": "ping"})
+        assert b.event()["event"] == "pong"
+    finally:
+        b.close()
