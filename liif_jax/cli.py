@@ -81,6 +81,14 @@ that cannot import JAX can use it.
 """
 
 
+SERVE_HELP = """\
+Keep the model loaded and compiled behind a Unix socket that only you can reach (mode 0600,
+in $XDG_RUNTIME_DIR/liif-jax/ or /tmp/liif-jax-UID/; $LIIF_JAX_SOCKET overrides). Each
+connection speaks the 'liif-jax bridge' protocol. Exits after --idle-timeout seconds without
+a connection. The GIMP plug-in starts it on first use, so later upscales start at once.
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line (and exit 2)."""
 
@@ -227,7 +235,20 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                             description=BRIDGE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     bridge.add_argument("--weights", metavar="FILE", help="weights to serve (default: the bundled ones)")
     bridge.set_defaults(run=run_bridge)
+    serve = sub.add_parser("serve", help="keep a warm worker behind a private local socket",
+                           description=SERVE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--weights", metavar="FILE", help="weights to serve (default: the bundled ones)")
+    serve.add_argument("--idle-timeout", type=float, default=15 * 60, metavar="SECONDS",
+                       help="exit after this long without a connection (default 900)")
+    serve.add_argument("--socket", metavar="PATH", help="socket path (default: see above)")
+    serve.set_defaults(run=run_serve)
     return parser
+
+
+def run_serve(args) -> int:
+    from liif_jax.bridge.server import serve
+
+    return serve(args.weights, idle_timeout=args.idle_timeout, path=args.socket)
 
 
 def run_bridge(args) -> int:

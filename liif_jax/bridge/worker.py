@@ -36,10 +36,30 @@ def _one_line(text) -> str:
     return " ".join(str(text).split())[:500]
 
 
+class SharedModel:
+    """The model, loaded on first use and then kept; shared by every worker of a server."""
+
+    def __init__(self, weights=None):
+        self.weights = weights
+        self._model = None
+        self._lock = threading.Lock()
+
+    def get(self):
+        from liif_jax.weights import load_model
+
+        with self._lock:
+            if self._model is None:
+                self._model = load_model(self.weights)
+            return self._model
+
+    @property
+    def name(self) -> str:
+        return self._model.name if self._model is not None else "not loaded yet"
+
+
 class Worker:
-    def __init__(self, instream, outstream, weights=None):
-        self.instream, self.outstream, self.weights = instream, outstream, weights
-        self.model = None
+    def __init__(self, instream, outstream, model: SharedModel):
+        self.instream, self.outstream, self.model = instream, outstream, model
         self.jobs: queue.Queue = queue.Queue()
         self.received = 0  # upscale requests read so far
         self.cancel_before = 0  # jobs numbered below this are cancelled
@@ -103,7 +123,6 @@ class Worker:
 
     def _run(self, number, request, data):
         from liif_jax.api import upscale
-        from liif_jax.weights import load_model
 
         rid = request.get("id")
         last = [0.0]
@@ -119,13 +138,12 @@ class Worker:
 
         if self.cancel_before > number:
             raise _cancelled()
-        if self.model is None:
-            self.model = load_model(self.weights)
+        model = self.model.get()
         pixels = protocol.payload_to_pixels(data, request)
         scale = request.get("scale")
         start = time.perf_counter()
         out = upscale(pixels, scale=tuple(scale) if isinstance(scale, list) else scale,
-                      size=tuple(request["size"]) if "size" in request else None, model=self.model,
+                      size=tuple(request["size"]) if "size" in request else None, model=model,
                       region=request.get("region"), tile=request.get("tile"),
                       max_memory=request.get("max_memory"), precision=request.get("precision"),
                       max_pixels=request.get("max_pixels", 100_000_000), progress=progress)
@@ -151,9 +169,8 @@ class Worker:
             if kind == "ping":
                 from liif_jax import __version__
 
-                name = self.model.name if self.model is not None else "not loaded yet"
                 self._send({"event": "pong", "id": item.get("id"), "version": __version__,
-                            "protocol": protocol.PROTOCOL, "model": name})
+                            "protocol": protocol.PROTOCOL, "model": self.model.name})
                 continue
             number, request, data = item
             try:
@@ -183,7 +200,7 @@ def serve_stdio(weights=None) -> int:
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
-    worker = Worker(sys.stdin.buffer, out, weights)
+    worker = Worker(sys.stdin.buffer, out, SharedModel(weights))
     signal.signal(signal.SIGTERM, lambda *_: (worker.stop(), worker.jobs.put(("eof", None))))
     try:
         return worker.serve()
