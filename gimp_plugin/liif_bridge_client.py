@@ -39,6 +39,30 @@ class Cancelled(BridgeError):
     pass
 
 
+def target_size(width, height, scale, new_width, new_height):
+    """The image's new (width, height) from the plug-in arguments: ``scale`` > 0 wins;
+    otherwise ``new_width`` / ``new_height``, one of them 0 keeping the aspect ratio (rounded
+    to nearest). Raises BridgeError for impossible requests."""
+    if scale and scale > 0:
+        return max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5))
+    if scale and scale < 0:
+        raise BridgeError("scale must be > 0 (or 0 to use width and height)")
+    if new_width < 0 or new_height < 0 or (new_width == 0 and new_height == 0):
+        raise BridgeError("give a scale, or a width and/or height in pixels")
+    if new_width == 0:
+        new_width = max(1, int(width * new_height / float(height) + 0.5))
+    if new_height == 0:
+        new_height = max(1, int(height * new_width / float(width) + 0.5))
+    return new_width, new_height
+
+
+def channels_for(bytes_per_pixel_channels, has_alpha):
+    """Protocol channel name for a drawable with 1 (gray) or 3 (RGB) colour channels."""
+    if bytes_per_pixel_channels == 1:
+        return "GRAYA" if has_alpha else "GRAY"
+    return "RGBA" if has_alpha else "RGB"
+
+
 def socket_path():
     """The same rules as liif_jax.bridge.server.socket_path (kept in step by a test)."""
     explicit = os.environ.get("LIIF_JAX_SOCKET")

@@ -89,6 +89,18 @@ a connection. The GIMP plug-in starts it on first use, so later upscales start a
 """
 
 
+GIMP_HELP = """\
+install    copy the "Upscale (LIIF)..." filter into every GIMP 3.0 / 2.10 profile found, with
+           a config pointing at this Python ($LIIF_JAX_PYTHON overrides); restart GIMP after
+uninstall  remove it again
+doctor     print GIMP version, plug-in folders, interpreter, weights, JAX devices and a verdict
+
+The filter appears as Image > Upscale (LIIF)... Flatpak and Snap builds of GIMP cannot run a
+Python outside their sandbox: use GIMP from your distribution, the official installer, or
+an AppImage.
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line (and exit 2)."""
 
@@ -242,7 +254,19 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                        help="exit after this long without a connection (default 900)")
     serve.add_argument("--socket", metavar="PATH", help="socket path (default: see above)")
     serve.set_defaults(run=run_serve)
+    gimp = sub.add_parser("gimp", help="install, remove or check the GIMP plug-in",
+                          description=GIMP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    gimp.add_argument("action", choices=("install", "uninstall", "doctor"))
+    gimp.set_defaults(run=run_gimp)
     return parser
+
+
+def run_gimp(args) -> int:
+    from liif_jax import gimp_setup
+
+    action = {"install": gimp_setup.run_install, "uninstall": gimp_setup.run_uninstall,
+              "doctor": gimp_setup.run_doctor}[args.action]
+    return action()
 
 
 def run_serve(args) -> int:

@@ -78,10 +78,10 @@ fi
 ENVV=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
       HOME="$HOME_CH" XDG_CONFIG_HOME="$HOME_CH/.config" XDG_CACHE_HOME="$HOME_CH/.cache"
       XDG_DATA_HOME="$HOME_CH/.local/share" TMPDIR=/tmp LIIF_GIMP_WORK=/work)
-while IFS='=' read -r k _; do
+for k in $(compgen -e); do
   case "$k" in LIIF_GIMP_CHROOT|LIIF_GIMP_TIMEOUT|LIIF_GIMP_KEEP_HOME) ;;
                LIIF_*) ENVV+=("$k=${!k}");; esac
-done < <(env)
+done
 
 set +e
 timeout -k 10 "$TIMEOUT" chroot "$ROOT" /usr/bin/env -i "${ENVV[@]}" /bin/sh -c \
