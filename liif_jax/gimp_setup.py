@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from liif_jax.errors import RequestError
+from liif_jax.errors import LiifError
 
 PLUGIN = "liif_upscale"
 CLIENT = "liif_bridge_client.py"
@@ -121,7 +121,7 @@ def interpreter() -> str:
 def run_install(out=print) -> int:
     dirs = present_dirs()
     if not dirs:
-        raise RequestError("no GIMP 3.0 or 2.10 profile found; start GIMP once, then run this again "
+        raise LiifError("no GIMP 3.0 or 2.10 profile found; start GIMP once, then run this again "
                            "(looked in: " + ", ".join(str(d.path.parent) for d in candidate_dirs()) + ")")
     python = interpreter()
     for d in dirs:

@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+# -*- coding: utf-8 -*-
+"""GIMP 3: Image > Upscale (LIIF)...   (procedure ``python-fu-liif-upscale``)
+
+Runs in GIMP's own Python; the upscaling happens in liif-jax, in another interpreter, through
+``liif_bridge_client`` (installed beside this file by ``liif-jax gimp install``).
+
+What it does, like Image > Scale Image but with LIIF for every layer:
+1. Work out the new size (``scale`` > 0, else ``width``/``height``, one of them 0 keeping the
+   aspect ratio) and learn the size GIMP gives each layer by scaling a throw-away duplicate.
+2. Read each layer's pixels through its Gegl buffer in perceptual R'G'B'(A) or Y'(A) at the
+   image's precision (u8, u16; half, u32 and float images travel as float) and have liif-jax
+   upscale it to exactly that size. Nothing is changed yet, so a failure or Cancel leaves
+   the image exactly as it was.
+3. Then, in one undo group: scale the image (which scales masks and offsets as GIMP does) and
+   write the LIIF pixels into every layer. With ``new-image`` the duplicate gets the pixels
+   instead, the input stays untouched, and the new image is returned (and displayed when
+   interactive).
+"""
+
+import os
+import sys
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # source tree
+import liif_bridge_client as bridge  # noqa: E402
+
+PROC = "python-fu-liif-upscale"
+
+
+def _pixel_layers(layers):
+    """Layers holding pixels, depth first (groups are walked, they follow their children)."""
+    out = []
+    for layer in layers:
+        if layer.is_group():
+            out.extend(_pixel_layers(layer.get_children()))
+        else:
+            out.append(layer)
+    return out
+
+
+def _format(image, layer):
+    """(Babl format, protocol channels, protocol format) for a layer of this image."""
+    precision = image.get_precision().value_nick  # e.g. "u8-non-linear", "half-linear"
+    if precision.startswith("u8"):
+        pfmt, babl = "u8", "u8"
+    elif precision.startswith("u16"):
+        pfmt, babl = "u16", "u16"
+    else:  # half, u32, float, double travel as float
+        pfmt, babl = "f32", "float"
+    gray = layer.is_gray()
+    alpha = layer.has_alpha()
+    model = ("Y'A" if alpha else "Y'") if gray else ("R'G'B'A" if alpha else "R'G'B'")
+    return "%s %s" % (model, babl), bridge.channels_for(1 if gray else 3, alpha), pfmt
+
+
+def _read(layer, babl):
+    rect = Gegl.Rectangle.new(0, 0, layer.get_width(), layer.get_height())
+    return bytes(layer.get_buffer().get(rect, 1.0, babl, Gegl.AbyssPolicy.CLAMP))
+
+
+def _write(layer, babl, data):
+    w, h = layer.get_width(), layer.get_height()
+    buffer = layer.get_shadow_buffer()
+    buffer.set(Gegl.Rectangle.new(0, 0, w, h), babl, data)
+    buffer.flush()
+    layer.merge_shadow(True)
+    layer.update(0, 0, w, h)
+
+
+def upscale_image(image, scale, width, height, new_image, client=None):
+    """The procedure's work; returns the resulting image. Raises bridge.BridgeError."""
+    if image.get_base_type() == Gimp.ImageBaseType.INDEXED:
+        raise bridge.BridgeError("indexed images are not supported: convert with Image > Mode > RGB first")
+    new_w, new_h = bridge.target_size(image.get_width(), image.get_height(), scale, width, height)
+    here = os.path.dirname(os.path.abspath(__file__))
+    client = client or bridge.BridgeClient.from_config(here)
+    Gimp.progress_init("Upscale (LIIF)")
+    work = image.duplicate()
+    try:
+        work.undo_disable()
+        work.scale(new_w, new_h)
+        sources, targets = _pixel_layers(image.get_layers()), _pixel_layers(work.get_layers())
+        results = []
+        for i, (src, dst) in enumerate(zip(sources, targets)):
+            babl, channels, pfmt = _format(image, src)
+
+            def progress(fraction, i=i):
+                Gimp.progress_update((i + fraction) / float(len(sources)))
+
+            w, h, data, _, _ = client.upscale(src.get_width(), src.get_height(), channels, pfmt,
+                                              _read(src, babl), size=(dst.get_width(), dst.get_height()),
+                                              progress=progress, status=Gimp.progress_set_text)
+            if (w, h) != (dst.get_width(), dst.get_height()):
+                raise bridge.BridgeError("liif-jax returned %dx%d, expected %dx%d"
+                                         % (w, h, dst.get_width(), dst.get_height()))
+            results.append((babl, data))
+        # Every layer computed: only now change an image.
+        if new_image:
+            for dst, (babl, data) in zip(targets, results):
+                _write(dst, babl, data)
+            work.undo_enable()
+            result, work = work, None
+            return result
+        image.undo_group_start()
+        try:
+            image.scale(new_w, new_h)
+            for layer, (babl, data) in zip(_pixel_layers(image.get_layers()), results):
+                _write(layer, babl, data)
+        finally:
+            image.undo_group_end()
+        return image
+    finally:
+        if work is not None:
+            work.delete()
+        Gimp.progress_end()
+
+
+class LiifUpscale(Gimp.PlugIn):
+    def do_query_procedures(self):
+        return [PROC]
+
+    def do_set_i18n(self, name):
+        return False
+
+    def do_create_procedure(self, name):
+        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, self.run, None)
+        procedure.set_image_types("RGB*, GRAY*")
+        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE
+                                       | Gimp.ProcedureSensitivityMask.DRAWABLES
+                                       | Gimp.ProcedureSensitivityMask.NO_DRAWABLES)
+        procedure.set_menu_label("Upscale (_LIIF)...")
+        procedure.add_menu_path("<Image>/Image")
+        procedure.set_documentation(
+            "Upscale the image with LIIF (learned arbitrary-scale super-resolution)",
+            "Resizes the whole image like Image > Scale Image, every layer upscaled by LIIF "
+            "(Local Implicit Image Function, CVPR 2021) through liif-jax. scale > 0 sets the "
+            "factor; scale 0 uses width and height (one of them 0 keeps the aspect ratio). "
+            "new-image leaves the input untouched and returns a new image.", name)
+        procedure.set_attribution("liif-jax contributors", "MIT", "2026")
+        flags = GObject.ParamFlags.READWRITE
+        procedure.add_double_argument("scale", "S_cale", "Scale factor (0 = use width and height)",
+                                      0.0, 64.0, 2.0, flags)
+        procedure.add_int_argument("width", "_Width", "New width in pixels (0 = keep aspect ratio)",
+                                   0, 524288, 0, flags)
+        procedure.add_int_argument("height", "H_eight", "New height in pixels (0 = keep aspect ratio)",
+                                   0, 524288, 0, flags)
+        procedure.add_boolean_argument("new-image", "New _image", "Open the result as a new image",
+                                       False, flags)
+        procedure.add_image_return_value("result", "Result",
+                                         "The upscaled image (the input itself unless new-image)",
+                                         True, flags)
+        return procedure
+
+    def run(self, procedure, run_mode, image, drawables, config, run_data):
+        if run_mode == Gimp.RunMode.INTERACTIVE:
+            gi.require_version("GimpUi", "3.0")
+            from gi.repository import GimpUi
+
+            GimpUi.init(PROC)
+            dialog = GimpUi.ProcedureDialog.new(procedure, config, "Upscale (LIIF)")
+            dialog.fill(None)
+            if not dialog.run():
+                dialog.destroy()
+                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+            dialog.destroy()
+        try:
+            result = upscale_image(image, config.get_property("scale"), config.get_property("width"),
+                                   config.get_property("height"), config.get_property("new-image"))
+        except bridge.Cancelled:
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        except bridge.BridgeError as exc:
+            return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR,
+                                               GLib.Error("Upscale (LIIF): %s" % exc))
+        if result is not image and run_mode == Gimp.RunMode.INTERACTIVE:
+            Gimp.Display.new(result)
+        Gimp.displays_flush()
+        values = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+        values.remove(1)
+        values.append(GObject.Value(Gimp.Image, result))
+        return values
+
+
+Gimp.main(LiifUpscale.__gtype__, sys.argv)
