@@ -165,8 +165,7 @@ def test_alpha_survives_and_jpeg_drops_it_with_a_warning(tmp_path, capsys):
     a[:, :12, 3] = 0  # left half transparent
     src = tmp_path / "in.png"
     Image.fromarray(a).save(src)
-    code, _, err = run(capsys, "upscale", src, tmp_path / "o.png", "--scale", "2",
-                       "--weights", TINY / "tiny-liif.pth", "-q")
+    code, _, err = run(capsys, "upscale", src, tmp_path / "o.png", "--scale", "2", "-q")
     assert code == 0, err
     out = np.asarray(Image.open(tmp_path / "o.png"))
     assert out.shape == (80, 48, 4)
