@@ -46,13 +46,17 @@ def _pixel_layers(layers):
 
 
 def _format(image, layer):
-    """(Babl format, protocol channels, protocol format) for a layer of this image."""
-    precision = image.get_precision().value_nick  # e.g. "u8-non-linear", "half-linear"
-    if precision.startswith("u8"):
-        pfmt, babl = "u8", "u8"
-    elif precision.startswith("u16"):
-        pfmt, babl = "u16", "u16"
-    else:  # half, u32, float, double travel as float
+    """(Babl format, protocol channels, protocol format) for a layer of this image.
+
+    Pixels always travel perceptual (R'G'B'(A) / Y'(A): sRGB-encoded, what LIIF was trained
+    on). u8 and u16 images stored non-linear travel at their own depth, losslessly; every
+    other precision (half, u32, float, double, or a linear/perceptual TRC whose conversion
+    to R'G'B' would lose bits in an integer format) travels as float.
+    """
+    component, trc = image.get_precision().value_nick.split("-", 1)  # "u8", "non-linear"
+    if component in ("u8", "u16") and trc == "non-linear":
+        pfmt, babl = component, component
+    else:
         pfmt, babl = "f32", "float"
     gray = layer.is_gray()
     alpha = layer.has_alpha()
@@ -135,7 +139,7 @@ class LiifUpscale(Gimp.PlugIn):
         procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE
                                        | Gimp.ProcedureSensitivityMask.DRAWABLES
                                        | Gimp.ProcedureSensitivityMask.NO_DRAWABLES)
-        procedure.set_menu_label("Upscale (_LIIF)...")
+        procedure.set_menu_label("Upscale (_LIIF)…")
         procedure.add_menu_path("<Image>/Image")
         procedure.set_documentation(
             "Upscale the image with LIIF (learned arbitrary-scale super-resolution)",
@@ -145,7 +149,8 @@ class LiifUpscale(Gimp.PlugIn):
             "new-image leaves the input untouched and returns a new image.", name)
         procedure.set_attribution("liif-jax contributors", "MIT", "2026")
         flags = GObject.ParamFlags.READWRITE
-        procedure.add_double_argument("scale", "S_cale", "Scale factor (0 = use width and height)",
+        # Mnemonics chosen not to clash with the dialog's own _Save Settings, _Help, _OK, ...
+        procedure.add_double_argument("scale", "Sc_ale", "Scale factor (0 = use width and height)",
                                       0.0, 64.0, 2.0, flags)
         procedure.add_int_argument("width", "_Width", "New width in pixels (0 = keep aspect ratio)",
                                    0, 524288, 0, flags)
@@ -175,15 +180,16 @@ class LiifUpscale(Gimp.PlugIn):
                                    config.get_property("height"), config.get_property("new-image"))
         except bridge.Cancelled:
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-        except bridge.BridgeError as exc:
+        except Exception as exc:  # an uncaught exception would reach the caller without its message
+            message = str(exc) if isinstance(exc, bridge.BridgeError) else "%s: %s" % (type(exc).__name__, exc)
             return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR,
-                                               GLib.Error("Upscale (LIIF): %s" % exc))
+                                               GLib.Error("Upscale (LIIF): %s" % message))
         if result is not image and run_mode == Gimp.RunMode.INTERACTIVE:
-            Gimp.Display.new(result)
+            Gimp.Display.new(result)  # (there is no display in batch mode)
         Gimp.displays_flush()
         values = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
         values.remove(1)
-        values.append(GObject.Value(Gimp.Image, result))
+        values.insert(1, GObject.Value(Gimp.Image, result))
         return values
 
 
