@@ -170,6 +170,20 @@ def _header(message):
     return (json.dumps(message, separators=(",", ":")) + "\n").encode("utf-8")
 
 
+def _log_timing(started, event, kind):
+    """With $LIIF_JAX_TIMINGS set, append one JSON line per call (benchmarks read it)."""
+    path = os.environ.get("LIIF_JAX_TIMINGS")
+    if not path:
+        return
+    record = {"wall_s": round(time.time() - started, 4), "compute_s": event.get("compute_s", 0.0),
+              "channel": kind, "width": event.get("width"), "height": event.get("height")}
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except (IOError, OSError):
+        pass
+
+
 def _read_exact(rfile, n):
     chunks, got = [], 0
     while got < n:
@@ -260,6 +274,7 @@ class BridgeClient(object):
             request["size"] = list(size)
         if region is not None:
             request["region"] = list(region)
+        started = time.time()
         channel = self._connect(status)
         self.last_channel = channel.kind
         try:
@@ -291,6 +306,7 @@ class BridgeClient(object):
                     data = _read_exact(channel.rfile, event["bytes"])
                     if len(data) != event["bytes"]:
                         raise BridgeError("liif-jax worker sent a short result")
+                    _log_timing(started, event, channel.kind)
                     return event["width"], event["height"], data, event.get("compute_s", 0.0), channel.kind
                 if kind == "error":
                     if event.get("code") == "cancelled":
