@@ -6,14 +6,15 @@ The default path (``render``):
 2. A tile plan (``tiling``): blocks of output pixels and the input crop each needs.
 3. Per tile, one jit-compiled call encodes the crop (padded to a bucketed shape, with a mask
    so padding cannot leak in: see ``EDSR``) and applies the MLP's first layer as a 3x3
-   convolution over the features: a flat table of hidden-wide rows, padded to a fixed
-   capacity so the decoder never sees a new shape.
-4. The tile's output pixels go through the decoder in fixed (CH, CW) chunks -- D of them per
-   call, one per device, sharded over a 1-D mesh -- which gathers table rows, adds the
-   coordinate and cell terms, runs the rest of the MLP and blends the ensemble.
+   convolution over the features: a flat table of hidden-wide rows.
+4. The tile's output pixels go through fixed (CH, CW) chunks -- D of them per call, one per
+   device, sharded over a 1-D mesh: a cheap gather of table rows (compiled per table shape),
+   then the decoder proper on fixed shapes (coordinate and cell terms, the rest of the MLP,
+   the ensemble blend).
 
 So the decoder compiles once per (model, precision, chunk shape, devices), whatever the
-image sizes, and memory is bounded by the tile size, not the image size.
+image sizes; the encoder once per crop bucket; memory is bounded by the tile size, not the
+image size.
 
 ``render_literal`` keeps the original's unfold-and-gather formulation (untiled, per-query
 geometry) as a reference for tests.
