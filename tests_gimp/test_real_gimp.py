@@ -144,3 +144,57 @@ def test_broken_worker_exits_64_with_our_message_and_an_unchanged_image(tmp_path
     assert entry["after"] == entry["before"] == [24, 40]
     after = rgba(work / f"broken-{tmp_path.name}.png.input-after.png")
     assert same_image(after, rgba(work / "in_rgba.png"))
+
+
+def test_groups_offsets_masks_16bit_gray_and_indexed(tmp_path, work):
+    out = work / "structures"
+    out.mkdir(exist_ok=True)
+    out.chmod(0o777)
+    env = dict(os.environ, LIIF_TEST_OUT=f"{WORK_IN}/structures", LIIF_TEST_RGB=f"{WORK_IN}/in_rgb.png",
+               LIIF_GIMP_CHROOT=str(ROOT))
+    proc = subprocess.run(["bash", str(REPO / ".ci" / "gimp" / "run_gimp_batch.sh"),
+                           str(Path(__file__).parent / "gimp_structures_driver.py"),
+                           str(plugin_dir(tmp_path, VENV_PYTHON))],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    model = liif_jax.load_model()
+
+    def raw(name, shape, dtype=np.uint8):
+        return np.frombuffer((out / name).read_bytes(), dtype).reshape(shape)
+
+    # Group: image doubled; the child doubled in size and offsets, mask kept and scaled.
+    g = report["group"]
+    assert g["status"] == "success" and g["image"] == [64, 64]
+    (group, bg) = g["layers"]
+    assert group["group"] and bg["size"] == [64, 64]
+    (child,) = group["children"]
+    assert child["size"] == [20, 16] and child["offsets"] == [10, 6] and child["mask"] == [20, 16]
+    for name, shape_before, shape_after in [("group_child", (8, 10, 4), (16, 20, 4)),
+                                            ("group_bg", (32, 32, 3), (64, 64, 3))]:
+        before, after = raw(f"{name}_before.raw", shape_before), raw(f"{name}_after.raw", shape_after)
+        expected = liif_jax.upscale(before, size=(shape_after[1], shape_after[0]), model=model,
+                                    precision="float32", dtype=np.uint8)
+        assert np.abs(after.astype(int) - expected).max() <= 1, name
+
+    # 16-bit travels as 16-bit: the result is liif-jax's own at 16 bits.
+    u = report["u16"]
+    assert u["status"] == "success" and u["image"] == [48, 40] and u["precision"] == "u16-non-linear"
+    before, after = raw("u16_before.raw", (20, 24, 3), "<u2"), raw("u16_after.raw", (40, 48, 3), "<u2")
+    expected = np.rint(liif_jax.upscale(before, size=(48, 40), model=model, precision="float32") * 65535)
+    assert np.abs(after.astype(np.int64) - expected).max() <= 2
+    assert len(np.unique(after)) > 1000  # real 16-bit content, not 8-bit steps
+
+    # Gray + alpha stays gray + alpha.
+    gr = report["gray"]
+    assert gr["status"] == "success" and gr["image"] == [30, 24] and gr["base"] == "gray"
+    before, after = raw("gray_before.raw", (16, 20, 2)), raw("gray_after.raw", (24, 30, 2))
+    expected = liif_jax.upscale(before, size=(30, 24), model=model, precision="float32", dtype=np.uint8)
+    assert np.abs(after.astype(int) - expected).max() <= 1
+
+    # Indexed: refused with a message saying what to do, image untouched.
+    ix = report["indexed"]
+    assert ix["base"] == "indexed" and ix["image"] == [32, 32]
+    assert ix["status"] != "success"
+    if ix["status"] == "execution-error":
+        assert "Image > Mode > RGB" in ix["message"]
