@@ -21,7 +21,6 @@ Where liif-jax lives: ``$LIIF_JAX_PYTHON`` (an interpreter with liif-jax install
 import json
 import os
 import subprocess
-import sys
 import time
 
 PROTOCOL = 1

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +29,7 @@ def private_socket(tmp_path, monkeypatch):
     monkeypatch.setenv("LIIF_JAX_SOCKET", str(path))
     yield path
     # Stop a server this test started (it would exit on its own after the idle timeout).
-    subprocess.run(["pkill", "-f", f"liif_jax serve"], check=False)
+    subprocess.run(["pkill", "-f", "liif_jax serve"], check=False)
     for _ in range(50):
         if not path.exists():
             break

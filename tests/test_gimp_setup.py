@@ -1,7 +1,6 @@
 """liif-jax gimp install / uninstall / doctor, on fake GIMP profile layouts per platform."""
 
 import json
-import os
 import stat
 import sys
 from pathlib import Path
