@@ -112,6 +112,16 @@ example:
 """
 
 
+COMPARE_HELP = """\
+Write one picture with the same enlargement by nearest neighbour, bicubic and LIIF side by
+side (and the real high-resolution image, if you have it), each labelled.
+
+examples:
+  liif-jax compare small.png cmp.png --scale 4
+  liif-jax compare small.png cmp.png --scale 4 --crop 40,30,64,48 --ground-truth original.png
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line (and exit 2)."""
 
@@ -279,7 +289,40 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ev.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     ev.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     ev.set_defaults(run=run_eval)
+    cmp_ = sub.add_parser("compare", help="nearest | bicubic | LIIF side by side",
+                          description=COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmp_.add_argument("input", metavar="IN", help="image to enlarge")
+    cmp_.add_argument("output", metavar="OUT", help="picture to write (.png recommended)")
+    cmp_.add_argument("--scale", "-s", type=float, required=True, metavar="S", help="scale factor")
+    cmp_.add_argument("--crop", type=_region_arg, metavar="X,Y,W,H", help="compare only this part (input pixels)")
+    cmp_.add_argument("--ground-truth", metavar="FILE", help="the real high-resolution image, shown last")
+    cmp_.add_argument("--weights", metavar="FILE", help="weights (default: the bundled ones)")
+    cmp_.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    cmp_.set_defaults(run=run_compare)
     return parser
+
+
+def run_compare(args) -> int:
+    from liif_jax.compare import compare_panels
+    from liif_jax.imageio import check_output_path, read_image, write_image
+    from liif_jax.weights import load_model
+
+    check_output_path(args.output, args.input)
+    image, meta = read_image(args.input)
+    rgb = np.repeat(image.pixels[..., None], 3, -1) if image.gray else image.pixels
+    truth = None
+    if args.ground_truth:
+        gt, _ = read_image(args.ground_truth)
+        truth = np.repeat(gt.pixels[..., None], 3, -1) if gt.gray else gt.pixels
+    model = load_model(args.weights)
+    progress = _Progress(0, "compare", args.quiet)
+    try:
+        picture = compare_panels(rgb, args.scale, model, crop=args.crop, ground_truth=truth,
+                                 progress=progress.for_image(0, 1))
+    finally:
+        progress.close()
+    write_image(args.output, picture, meta)
+    return 0
 
 
 def run_eval(args) -> int:

@@ -87,3 +87,25 @@ def test_eval_command(tmp_path, capsys):
     assert [set(r) for r in records] == [{"image", "scale", "psnr", "psnr_bicubic", "ssim", "ssim_bicubic"}] * 2
     assert all(r["psnr"] > r["psnr_bicubic"] for r in records)
     assert main(["eval", "--data", str(tmp_path / "none"), "--scales", "2"]) == 2
+
+
+def test_compare_picture(tmp_path, real_model):
+    from PIL import Image
+
+    from liif_jax.compare import LABEL_HEIGHT, PANEL_GAP, compare_panels
+
+    hr = photo("chelsea")[:120, :160]
+    lr = np.asarray(Image.fromarray(hr).resize((40, 30), Image.BICUBIC)).astype(np.float32) / 255
+    picture = compare_panels(lr, 4, real_model, crop=(10, 5, 20, 15), ground_truth=hr.astype(np.float32) / 255)
+    assert picture.dtype == np.uint8 and picture.shape == (60 + LABEL_HEIGHT, 4 * 80 + 3 * PANEL_GAP, 3)
+    liif_panel = picture[LABEL_HEIGHT:, 2 * (80 + PANEL_GAP):2 * (80 + PANEL_GAP) + 80]
+    import liif_jax
+
+    expected = liif_jax.upscale(lr, scale=4, model=real_model, dtype=np.uint8)[20:80, 40:120]
+    assert np.abs(liif_panel.astype(int) - expected).max() <= 1
+    gt_panel = picture[LABEL_HEIGHT:, 3 * (80 + PANEL_GAP):]
+    assert np.array_equal(gt_panel, hr[20:80, 40:120])
+    src = tmp_path / "lr.png"
+    Image.fromarray((lr * 255).round().astype(np.uint8)).save(src)
+    assert main(["compare", str(src), str(tmp_path / "c.png"), "--scale", "3", "-q"]) == 0
+    assert Image.open(tmp_path / "c.png").size == (3 * 120 + 2 * PANEL_GAP, 90 + LABEL_HEIGHT)
