@@ -30,8 +30,9 @@ Run 'liif-jax COMMAND --help' for a command's options.
 
 UPSCALE_HELP = """\
 Upscale (or resample) IN to any size and write OUT. The output format follows OUT's
-extension: .png .jpg/.jpeg .webp .tif/.tiff (8-bit, rounded to nearest), or .npy (the exact
-float32 array in [0, 1], H x W x 3; gray images give H x W).
+extension: .png .jpg/.jpeg .webp .tif/.tiff (8-bit, rounded to nearest; 16-bit PNG/TIFF
+inputs give 16-bit PNG/TIFF outputs), or .npy (the exact float32 array in [0, 1], H x W x 3;
+gray images give H x W).
 
 Give the size one way: --scale S (or SX,SY), --size WIDTHxHEIGHT, or --width and/or
 --height (one side alone keeps the aspect ratio). A scale s gives floor(n*s + 0.5) pixels.
@@ -451,7 +452,8 @@ def _upscale_file(src, dst, args, model, progress) -> tuple:
 
     image, meta = read_image(src)
     in_hw = image.pixels.shape[:2]
-    eight_bit = output_format(dst) is not None
+    fmt = output_format(dst)
+    eight_bit = fmt is not None and not (meta.bits > 8 and fmt in ("PNG", "TIFF"))
     pixels = upscale(image, model=model, max_pixels=args.max_pixels, progress=progress,
                      region=args.region, tile=args.tile, max_memory=args.max_memory,
                      precision=args.precision, dtype=np.uint8 if eight_bit else np.float32,

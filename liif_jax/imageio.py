@@ -14,6 +14,7 @@ the one place that turns arrays, PIL images and files into that and back:
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -48,11 +49,13 @@ class FloatImage:
 
 @dataclass
 class ImageMeta:
-    """What is carried from an input file to its output."""
+    """What is carried from an input file to its output. ``bits`` > 8: the source had 16-bit
+    (or float) samples, and PNG/TIFF outputs are written with 16 bits (TIFF: float stays float)."""
 
     icc_profile: bytes | None = None
     exif: bytes | None = None
     dpi: tuple | None = None
+    bits: int = 8
 
 
 def _warn(message: str) -> None:
@@ -160,10 +163,11 @@ def read_image(path) -> tuple[FloatImage, ImageMeta]:
         raise ImageError(f"input is a folder, not an image: {path}")
     try:
         with Image.open(path) as img:
+            orientation = _orientation(img)
             if getattr(img, "n_frames", 1) > 1:
                 _warn(f"{what} has {img.n_frames} frames; only the first is upscaled")
             img.load()
-            source_mode = img.mode
+            source_mode, source_format = img.mode, img.format
             meta = ImageMeta(icc_profile=img.info.get("icc_profile"), dpi=img.info.get("dpi"))
             try:
                 img = ImageOps.exif_transpose(img)
@@ -174,7 +178,12 @@ def read_image(path) -> tuple[FloatImage, ImageMeta]:
                 meta.exif = None
             if source_mode not in ("RGB", "RGBA", "L", "LA", "P", "1", *_GRAY_16):
                 meta.icc_profile = None  # a CMYK/LAB profile would mislabel RGB output
-            image = from_pil(img, what)
+            deep = _read_deep(path, source_format, orientation)
+            if deep is not None:
+                meta.bits = 32 if deep.dtype.kind == "f" else 16
+                image = from_array(deep, what)
+            else:
+                image = from_pil(img, what)
     except UnidentifiedImageError:
         empty = _declared_empty_size(path)
         if empty:
@@ -187,6 +196,55 @@ def read_image(path) -> tuple[FloatImage, ImageMeta]:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{what} is damaged or truncated ({str(exc)[:80]})") from None
     return image, meta
+
+
+def _orientation(img) -> int:
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:
+        return 1
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation to an (h, w, ...) array, as Pillow's exif_transpose does."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: np.swapaxes(a, 0, 1), 6: lambda a: np.swapaxes(a, 0, 1)[:, ::-1],
+           7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1], 8: lambda a: np.swapaxes(a, 0, 1)[::-1]}
+    return np.ascontiguousarray(ops[orientation](arr)) if orientation in ops else arr
+
+
+def _read_deep(path: Path, fmt: str | None, orientation: int):
+    """16-bit (or float) samples Pillow would cut to 8 bits: PNG through pypng, TIFF through
+    tifffile. Returns the array, or None for an 8-bit file (Pillow reads those)."""
+    if fmt == "PNG":
+        with open(path, "rb") as f:
+            head = f.read(26)
+        if len(head) < 26 or head[24] != 16:
+            return None
+        import png
+
+        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+        arr = np.array([np.asarray(row, dtype=np.uint16) for row in rows], dtype=np.uint16)
+        arr = arr.reshape(height, width, info["planes"])
+    elif fmt == "TIFF":
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if page.bitspersample <= 8 or page.photometric not in (1, 2):  # gray or RGB only
+                return None
+            arr = page.asarray()
+        if arr.dtype.kind == "f":
+            arr = arr.astype(np.float32)
+        elif arr.dtype != np.uint16:
+            return None
+        if arr.ndim == 3 and arr.shape[2] > 4:
+            arr = arr[..., :4]
+    else:
+        return None
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    return _orient(arr, orientation)
 
 
 def _declared_empty_size(path: Path):
@@ -267,15 +325,64 @@ def write_image(path, pixels: np.ndarray, meta: ImageMeta | None = None,
         pixels = pixels[..., :-1]
         if pixels.shape[2] == 1:
             pixels = pixels[..., 0]
+    deep = meta.bits > 8 and fmt in ("PNG", "TIFF") and pixels.dtype != np.uint8
     try:
         with atomic_output(path) as f:
             if fmt is None:
                 np.save(f, np.asarray(pixels, dtype=np.float32), allow_pickle=False)
+            elif deep and fmt == "PNG":
+                f.write(_png16(_to_uint16(pixels), meta))
+            elif deep:
+                _tiff_deep(f, pixels, meta)
             else:
                 img = Image.fromarray(to_uint8(pixels))
                 img.save(f, format=fmt, **_save_options(fmt, meta, quality))
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _to_uint16(pixels: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(pixels, 0.0, 1.0) * np.float32(65535)).astype(np.uint16)
+
+
+def _png16(u16: np.ndarray, meta: ImageMeta) -> bytes:
+    """A 16-bit PNG (no filtering, zlib level 6), with the ICC profile and EXIF carried."""
+    import struct
+    import zlib
+
+    h, w = u16.shape[:2]
+    planes = 1 if u16.ndim == 2 else u16.shape[2]
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[planes]
+    rows = np.ascontiguousarray(u16.astype(">u2")).reshape(h, w * planes).view(np.uint8)
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    out = [b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))]
+    if meta.icc_profile:
+        out.append(chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(meta.icc_profile)))
+    if meta.exif:
+        exif = meta.exif[6:] if meta.exif.startswith(b"Exif\x00\x00") else meta.exif
+        out.append(chunk(b"eXIf", exif))
+    out += [chunk(b"IDAT", zlib.compress(raw, 6)), chunk(b"IEND", b"")]
+    return b"".join(out)
+
+
+def _tiff_deep(f, pixels: np.ndarray, meta: ImageMeta) -> None:
+    """A 16-bit (or, from a float source, float32) TIFF, deflate-compressed, alpha straight."""
+    import tifffile
+
+    data = pixels.astype(np.float32) if meta.bits == 32 else _to_uint16(pixels)
+    channels = 1 if data.ndim == 2 else data.shape[2]
+    options = {"photometric": "rgb" if channels >= 3 else "minisblack", "compression": "zlib"}
+    if channels in (2, 4):
+        options["extrasamples"] = ["unassalpha"]
+    if meta.icc_profile:
+        options["iccprofile"] = meta.icc_profile
+    buffer = io.BytesIO()  # tifffile wants a named file or a buffer, not a bare descriptor
+    tifffile.imwrite(buffer, data, **options)
+    f.write(buffer.getvalue())
 
 
 def _save_options(fmt: str, meta: ImageMeta, quality: int) -> dict:

@@ -140,7 +140,7 @@ def test_formats_quality_and_metadata(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("mode,expected_mode", [("P", "RGB"), ("CMYK", "RGB"), ("L", "L"),
-                                                ("I;16", "L"), ("1", "L"), ("RGBA", "RGBA"),
+                                                ("I;16", "I;16"), ("1", "L"), ("RGBA", "RGBA"),
                                                 ("LA", "LA")])
 def test_modes_are_converted(tmp_path, capsys, mode, expected_mode):
     base = Image.open(COFFEE)
@@ -470,3 +470,69 @@ def test_distributed_folder_split_over_two_local_processes(tmp_path):
     assert summaries[1].startswith("process 1/2: 1 upscaled")
     assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file()) == \
         ["a/b/three.jpg", "a/two.png", "one.png"]
+
+
+# ---------------------------------------------------------------- 16-bit files
+
+def _u16_photo(alpha=False):
+    rng = np.random.default_rng(0)
+    base = np.asarray(Image.open(COFFEE).convert("RGB")).astype(np.uint16) * 257
+    base = base + rng.integers(0, 257, base.shape, dtype=np.uint16)  # use all 16 bits
+    if alpha:
+        a = np.full(base.shape[:2] + (1,), 65535, np.uint16)
+        a[:, :6] = 0
+        base = np.concatenate([base, a], axis=-1)
+    return base
+
+
+def _write_png16(path, arr):
+    from liif_jax.imageio import ImageMeta, _png16
+
+    path.write_bytes(_png16(arr, ImageMeta()))
+
+
+def _read_png16(path):
+    import png
+
+    w, h, rows, info = png.Reader(filename=str(path)).asDirect()
+    assert info["bitdepth"] == 16
+    return np.array([np.asarray(r, np.uint16) for r in rows]).reshape(h, w, info["planes"])
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_16bit_png_stays_16bit(tmp_path, capsys, real_model, alpha):
+    import liif_jax
+
+    src = _u16_photo(alpha)
+    _write_png16(tmp_path / "in16.png", src)
+    code, _, err = run(capsys, "upscale", tmp_path / "in16.png", tmp_path / "o.png", "--scale", "2", "-q")
+    assert code == 0, err
+    out = _read_png16(tmp_path / "o.png")
+    expected = np.rint(liif_jax.upscale(src, scale=2, model=real_model, precision="float32") * 65535)
+    assert out.shape == (80, 48, 4 if alpha else 3)
+    assert np.abs(out.astype(np.int64) - expected).max() <= 1
+    assert len(np.unique(out[..., 0])) > 1024  # finer than 8-bit steps
+    # An 8-bit format still gets 8 bits.
+    assert run(capsys, "upscale", tmp_path / "in16.png", tmp_path / "o.webp", "--scale", "2", "-q")[0] == 0
+
+
+def test_16bit_tiff_stays_16bit_with_its_icc_profile(tmp_path, capsys, real_model):
+    import tifffile
+    from PIL import ImageCms
+
+    import liif_jax
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    src = _u16_photo()
+    tifffile.imwrite(tmp_path / "in16.tif", src, photometric="rgb", iccprofile=icc)
+    code, _, err = run(capsys, "upscale", tmp_path / "in16.tif", tmp_path / "o.tif", "--scale", "2", "-q")
+    assert code == 0, err
+    with tifffile.TiffFile(tmp_path / "o.tif") as tif:
+        out = tif.pages[0].asarray()
+        assert tif.pages[0].tags["InterColorProfile"].value == icc
+    expected = np.rint(liif_jax.upscale(src, scale=2, model=real_model, precision="float32") * 65535)
+    assert out.dtype == np.uint16 and out.shape == (80, 48, 3)
+    assert np.abs(out.astype(np.int64) - expected).max() <= 1
+    code, _, err = run(capsys, "upscale", tmp_path / "in16.tif", tmp_path / "o16.png", "--scale", "2", "-q")
+    assert code == 0 and _read_png16(tmp_path / "o16.png").shape == (80, 48, 3)
+    assert Image.open(tmp_path / "o16.png").info.get("icc_profile") == icc
