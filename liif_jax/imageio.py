@@ -378,8 +378,8 @@ def _tiff_deep(f, pixels: np.ndarray, meta: ImageMeta) -> None:
     options = {"photometric": "rgb" if channels >= 3 else "minisblack", "compression": "zlib"}
     if channels in (2, 4):
         options["extrasamples"] = ["unassalpha"]
-    if meta.icc_profile:
-        options["iccprofile"] = meta.icc_profile
+    if meta.icc_profile:  # tag 34675 InterColorProfile, UNDEFINED bytes (works in every tifffile)
+        options["extratags"] = [(34675, 7, len(meta.icc_profile), meta.icc_profile, True)]
     buffer = io.BytesIO()  # tifffile wants a named file or a buffer, not a bare descriptor
     tifffile.imwrite(buffer, data, **options)
     f.write(buffer.getvalue())

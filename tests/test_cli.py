@@ -155,7 +155,9 @@ def test_modes_are_converted(tmp_path, capsys, mode, expected_mode):
                        "--weights", TINY / "tiny-liif.pth", "-q")
     assert code == 0, err
     with Image.open(tmp_path / "o.png") as out:
-        assert out.mode == expected_mode and out.size == (36, 60)
+        # Pillow names a 16-bit gray PNG "I;16" (newer) or "I" (10.x)
+        assert out.mode in ({"I;16", "I"} if expected_mode == "I;16" else {expected_mode})
+        assert out.size == (36, 60)
     assert err == ""
 
 
@@ -524,7 +526,7 @@ def test_16bit_tiff_stays_16bit_with_its_icc_profile(tmp_path, capsys, real_mode
 
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     src = _u16_photo()
-    tifffile.imwrite(tmp_path / "in16.tif", src, photometric="rgb", iccprofile=icc)
+    tifffile.imwrite(tmp_path / "in16.tif", src, photometric="rgb", extratags=[(34675, 7, len(icc), icc, True)])
     code, _, err = run(capsys, "upscale", tmp_path / "in16.tif", tmp_path / "o.tif", "--scale", "2", "-q")
     assert code == 0, err
     with tifffile.TiffFile(tmp_path / "o.tif") as tif:
