@@ -21,6 +21,7 @@ Where liif-jax lives: ``$LIIF_JAX_PYTHON`` (an interpreter with liif-jax install
 import json
 import os
 import subprocess
+import tempfile
 import time
 
 PROTOCOL = 1
@@ -95,9 +96,12 @@ class _PipeChannel(object):
         kwargs = {}
         if os.name == "nt":
             kwargs["creationflags"] = 0x08000000  # CREATE_NO_WINDOW
+        # stderr goes to a file, not a pipe: nobody reads it during the run, and a full pipe
+        # would block the worker.
+        self.errfile = tempfile.TemporaryFile()
         try:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, **kwargs)
+                                         stderr=self.errfile, **kwargs)
         except OSError as exc:
             raise BridgeError("cannot start liif-jax with %s (%s); %s" % (python, exc, INSTALL_HINT))
         self.rfile, self.wfile = self.proc.stdout, self.proc.stdin
@@ -112,20 +116,31 @@ class _PipeChannel(object):
         """The worker's own last words when it died (stderr tail)."""
         try:
             self.proc.wait()
-            tail = self.proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
+            self.errfile.seek(0)
+            tail = self.errfile.read().decode("utf-8", "replace").strip().splitlines()
         except (IOError, OSError, ValueError):
             tail = []
         return tail[-1] if tail else "exit status %s" % self.proc.returncode
 
     def close(self):
-        for f in (self.wfile, self.rfile, self.proc.stderr):
+        for f in (self.wfile, self.rfile):
             try:
                 f.close()
             except (IOError, OSError):
                 pass
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait()
+        # End of stdin makes the worker exit by itself; only a stuck one is signalled.
+        for signal_it, wait_s in ((None, 10.0), ("terminate", 5.0), ("kill", 5.0)):
+            if signal_it is not None and self.proc.poll() is None:
+                getattr(self.proc, signal_it)()
+            deadline = time.time() + wait_s
+            while self.proc.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            if self.proc.poll() is not None:
+                break
+        try:
+            self.errfile.close()
+        except (IOError, OSError):
+            pass
 
 
 class _SocketChannel(object):

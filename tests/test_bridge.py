@@ -236,3 +236,34 @@ def test_bad_weights_are_a_checkpoint_error_not_a_crash(tmp_path):
         assert b.event()["event"] == "pong"
     finally:
         b.close()
+
+
+def test_sigterm_while_idle_exits_promptly_every_time():
+    """Regression: a SIGTERM landing while the worker waits for work (inside Queue.get)
+    deadlocked it when the handler touched the queue. Repeat to hit the race."""
+    for _ in range(5):
+        b = Bridge()
+        try:
+            b.send({"op": "ping"})
+            assert b.event()["event"] == "pong"  # now idle in its queue
+            b.proc.send_signal(signal.SIGTERM)
+            assert b.proc.wait(timeout=10) == 0
+        finally:
+            if b.proc.poll() is None:
+                b.proc.kill()
+            b.close()
+
+
+def test_client_close_after_success_does_not_hang(tiny_model):
+    import sys as _sys
+
+    from conftest import REPO
+
+    _sys.path.insert(0, str(REPO / "gimp_plugin"))
+    import liif_bridge_client
+
+    client = liif_bridge_client.BridgeClient(_sys.executable, weights=TINY_PTH, start_server=False)
+    start = time.monotonic()
+    for _ in range(3):
+        client.upscale(12, 10, "RGB", "u8", bytes(360), scale=2.0)
+    assert time.monotonic() - start < 120

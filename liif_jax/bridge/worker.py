@@ -63,6 +63,7 @@ class Worker:
         self.jobs: queue.Queue = queue.Queue()
         self.received = 0  # upscale requests read so far
         self.cancel_before = 0  # jobs numbered below this are cancelled
+        self.terminated = False  # set by SIGTERM
         self.lock = threading.Lock()
 
     # ------------------------------------------------------------------ input side
@@ -116,6 +117,13 @@ class Worker:
         with self.lock:
             self.cancel_before = math.inf
 
+    def terminate(self):
+        """For a signal handler: plain assignments only. A handler runs on the main thread,
+        which may be inside ``Queue.get`` holding the queue's lock; taking any lock here
+        would deadlock the worker on itself."""
+        self.cancel_before = math.inf
+        self.terminated = True
+
     # ------------------------------------------------------------------ output side
     def _send(self, message: dict, payload: bytes = b""):
         self.outstream.write(protocol.encode(message) + payload)
@@ -157,7 +165,12 @@ class Worker:
         reader = threading.Thread(target=self._read_loop, name="liif-bridge-reader", daemon=True)
         reader.start()
         while True:
-            kind, item = self.jobs.get()
+            try:
+                kind, item = self.jobs.get(timeout=0.2)
+            except queue.Empty:
+                if self.terminated:
+                    return 0
+                continue
             if kind in ("eof", "quit"):
                 return 0
             if kind == "error":
@@ -201,8 +214,16 @@ def serve_stdio(weights=None) -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
     worker = Worker(sys.stdin.buffer, out, SharedModel(weights))
-    signal.signal(signal.SIGTERM, lambda *_: (worker.stop(), worker.jobs.put(("eof", None))))
+    signal.signal(signal.SIGTERM, lambda *_: worker.terminate())
     try:
-        return worker.serve()
+        code = worker.serve()
     except (BrokenPipeError, KeyboardInterrupt):
-        return 1
+        code = 1
+    # Leave without interpreter shutdown: the reader thread may still sit in a buffered read
+    # of stdin, and finalising that buffer under it makes CPython abort.
+    for stream in (out, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
