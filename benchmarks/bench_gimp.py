@@ -33,7 +33,7 @@ def main():
     args = parser.parse_args()
     subprocess.run(["bash", str(REPO / ".ci/gimp/build_chroot.sh")], check=True,
                    env=dict(os.environ, LIIF_GIMP_INSTALL_SRC=str(REPO)), stdout=subprocess.DEVNULL)
-    work = ROOT / "work" / "liif-bench"
+    work = ROOT / "liif-work" / "liif-bench"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     work.chmod(0o777)
@@ -45,9 +45,9 @@ def main():
     shutil.copy(REPO / "gimp_plugin/liif_bridge_client.py", plugins)
     (plugins / "liif_jax_gimp.json").write_text(json.dumps({"python": "/opt/liif-venv/bin/python",
                                                             "start_server": True}))
-    env = dict(os.environ, LIIF_BENCH_INPUT="/work/liif-bench/in.png", LIIF_BENCH_RUNS=str(args.runs),
-               LIIF_BENCH_SCALE=str(args.scale), LIIF_BENCH_REPORT="/work/liif-bench/times.json",
-               LIIF_JAX_TIMINGS="/work/liif-bench/timings.jsonl")
+    env = dict(os.environ, LIIF_BENCH_INPUT="/liif-work/liif-bench/in.png", LIIF_BENCH_RUNS=str(args.runs),
+               LIIF_BENCH_SCALE=str(args.scale), LIIF_BENCH_REPORT="/liif-work/liif-bench/times.json",
+               LIIF_JAX_TIMINGS="/liif-work/liif-bench/timings.jsonl")
     try:
         proc = subprocess.run(["bash", str(REPO / ".ci/gimp/run_gimp_batch.sh"),
                                str(REPO / "benchmarks/gimp_timing_driver.py"), str(plugins)],

@@ -24,7 +24,7 @@ from conftest import DEV  # noqa: E402
 import liif_jax  # noqa: E402
 
 ROOT = Path(os.environ.get("LIIF_GIMP_CHROOT", "/var/tmp/liif-gimp-chroot"))
-WORK_IN = "/work/liif-test"  # the same folder as seen inside the chroot
+WORK_IN = "/liif-work/liif-test"  # the same folder as seen inside the chroot
 VENV_PYTHON = "/opt/liif-venv/bin/python"
 
 if not (ROOT / ".liif-gimp-complete").exists():
@@ -34,7 +34,7 @@ if not (ROOT / ".liif-gimp-complete").exists():
 
 @pytest.fixture(scope="module")
 def work():
-    folder = ROOT / "work" / "liif-test"
+    folder = ROOT / "liif-work" / "liif-test"
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)

@@ -13,7 +13,7 @@
 #     back (or after LIIF_UNDO_WAIT seconds, default 30);
 #  4. the exports are compared with the input by ImageMagick in the chroot (size, raw RGBA).
 # Prints "undo_check: PASS ..." (exit 0) or "undo_check: FAIL ..." (exit 1).  Evidence is
-# left in $LIIF_GIMP_CHROOT/work/liif-undo-check/ (exports, JSON reports, screenshots, logs).
+# left in $LIIF_GIMP_CHROOT/liif-work/liif-undo-check/ (exports, JSON reports, screenshots, logs).
 #
 # Environment: LIIF_GIMP_CHROOT (default /var/tmp/liif-gimp-chroot), LIIF_UNDO_INPUT (an RGB
 # PNG, default tests/fixtures/dev/in_astronaut_30x42.png), LIIF_UNDO_WAIT (seconds).
@@ -35,7 +35,7 @@ ls -d "$ROOT"/opt/liif-venv/lib/python3*/site-packages/liif_jax >/dev/null 2>&1 
   fail "liif-jax is not installed in $ROOT/opt/liif-venv: LIIF_GIMP_INSTALL_SRC=$REPO bash .ci/gimp/build_chroot.sh"
 [ -f "$INPUT" ] || fail "no input $INPUT"
 
-WORK="$ROOT/work/liif-undo-check"; WCH=/work/liif-undo-check      # host path, chroot path
+WORK="$ROOT/liif-work/liif-undo-check"; WCH=/liif-work/liif-undo-check      # host path, chroot path
 rm -rf --one-file-system "$WORK"; mkdir -p "$WORK" "$ROOT/tmp/gimp-homes"; chmod 777 "$WORK"
 cp "$INPUT" "$WORK/input.png"
 HOME_IN="$(mktemp -d "$ROOT/tmp/gimp-homes/undo.XXXXXX")"; HOME_CH="${HOME_IN#"$ROOT"}"

@@ -17,7 +17,7 @@
 # Idempotent: $ROOT/.liif-gimp-complete marks a finished build; later calls skip the build.
 # Mounts made (only when absent): proc on $ROOT/proc, a tmpfs on $ROOT/dev/shm.  The host's
 # /dev is NOT bind-mounted (debootstrap creates the device nodes inside the chroot).
-# Shared folder: $ROOT/work (host) == /work (chroot), a plain directory, mode 1777.
+# Shared folder: $ROOT/liif-work (host) == /liif-work (chroot), a plain directory, mode 1777.
 set -euo pipefail
 
 ROOT="${LIIF_GIMP_CHROOT:-/var/tmp/liif-gimp-chroot}"
@@ -49,13 +49,13 @@ PIP_ENV=(SSL_CERT_FILE=/etc/ssl/host/ca-certificates.crt PIP_CERT=/etc/ssl/host/
 
 is_mounted() { mountpoint -q "$1" 2>/dev/null; }
 ensure_mounts() {   # mount only what is absent
-  mkdir -p "$ROOT/proc" "$ROOT/dev/shm" "$ROOT/work"
+  mkdir -p "$ROOT/proc" "$ROOT/dev/shm" "$ROOT/liif-work"
   # /proc: JAX (/proc/cpuinfo), Python and GIMP read it.
   is_mounted "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
   [ -c "$ROOT/dev/null" ] || { echo "$ROOT/dev/null is not a device node" >&2; exit 1; }
   # POSIX shared memory for GIMP/Xvfb: a private tmpfs, not the host's /dev/shm.
   is_mounted "$ROOT/dev/shm" || mount -t tmpfs -o mode=1777,size=1g tmpfs "$ROOT/dev/shm"
-  chmod 1777 "$ROOT/work"
+  chmod 1777 "$ROOT/liif-work"
 }
 umount_ours() {
   for m in dev/shm proc; do
@@ -162,4 +162,4 @@ install_src
 echo "$(inchroot gimp-console-3.0 --version), $(inchroot python3 --version)"
 printf '%s\n%s\n' "$MARKER_VERSION" "built $(date -u +%FT%TZ)" > "$MARKER"
 echo "== total: $(secs "$T_ALL") s"
-echo "chroot ready: $ROOT (shared folder: host $ROOT/work == /work inside)"
+echo "chroot ready: $ROOT (shared folder: host $ROOT/liif-work == /liif-work inside)"

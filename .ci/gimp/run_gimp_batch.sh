@@ -14,9 +14,9 @@
 # $HOME/.config/GIMP/3.0/plug-ins/NAME/NAME.py (made executable), where GIMP 3
 # loads user plug-ins from.
 #
-# Shared folder: /work inside the chroot == $LIIF_GIMP_CHROOT/work on the host
-# (default /var/tmp/liif-gimp-chroot/work).  Put inputs there, have the driver
-# write there.  Inside, the driver sees LIIF_GIMP_WORK=/work.
+# Shared folder: /liif-work inside the chroot == $LIIF_GIMP_CHROOT/liif-work on the host
+# (default /var/tmp/liif-gimp-chroot/liif-work).  Put inputs there, have the driver
+# write there.  Inside, the driver sees LIIF_GIMP_WORK=/liif-work.
 #
 # Environment:
 #   LIIF_GIMP_CHROOT   chroot (default /var/tmp/liif-gimp-chroot)
@@ -45,8 +45,8 @@ if [ ! -f "$ROOT/.liif-gimp-complete" ] || ! mountpoint -q "$ROOT/proc" || ! mou
   bash "$HERE/build_chroot.sh" >&2
 fi
 
-mkdir -p "$ROOT/work" "$ROOT/tmp/gimp-homes"
-chmod 1777 "$ROOT/work"
+mkdir -p "$ROOT/liif-work" "$ROOT/tmp/gimp-homes"
+chmod 1777 "$ROOT/liif-work"
 HOME_IN="$(mktemp -d "$ROOT/tmp/gimp-homes/home.XXXXXX")"   # host path
 HOME_CH="${HOME_IN#"$ROOT"}"                                # same dir, chroot path
 cleanup() {
@@ -77,7 +77,7 @@ fi
 
 ENVV=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
       HOME="$HOME_CH" XDG_CONFIG_HOME="$HOME_CH/.config" XDG_CACHE_HOME="$HOME_CH/.cache"
-      XDG_DATA_HOME="$HOME_CH/.local/share" TMPDIR=/tmp LIIF_GIMP_WORK=/work)
+      XDG_DATA_HOME="$HOME_CH/.local/share" TMPDIR=/tmp LIIF_GIMP_WORK=/liif-work)
 for k in $(compgen -e); do
   case "$k" in LIIF_GIMP_CHROOT|LIIF_GIMP_TIMEOUT|LIIF_GIMP_KEEP_HOME) ;;
                LIIF_*) ENVV+=("$k=${!k}");; esac
@@ -85,7 +85,7 @@ done
 
 set +e
 timeout -k 10 "$TIMEOUT" chroot "$ROOT" /usr/bin/env -i "${ENVV[@]}" /bin/sh -c \
-  'cd /work && exec gimp-console-3.0 -idf --quit --batch-interpreter=python-fu-eval -b -' \
+  'cd /liif-work && exec gimp-console-3.0 -idf --quit --batch-interpreter=python-fu-eval -b -' \
   < "$DRIVER"
 rc=$?
 set -e
