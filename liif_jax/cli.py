@@ -24,6 +24,7 @@ examples:
   liif-jax upscale photo.jpg big.jpg --size 1440x1080      (width x height)
   liif-jax upscale scan.png wide.png --width 2000          (height keeps the aspect ratio)
   liif-jax convert edsr-baseline-liif.pth my.safetensors   (no torch needed)
+  liif-jax train --data photos/ --workdir runs/ft --init-from bundled --steps 20000
 
 Run 'liif-jax COMMAND --help' for a command's options.
 """
@@ -112,6 +113,43 @@ example:
   liif-jax eval --data photos/ --scales 2,3,4,6,12 --json results.json
 """
 
+
+TRAIN_HELP = """\
+Train LIIF with the paper's recipe, or fine-tune the bundled weights on your own photos.
+
+DATA is any folder of high-resolution images (PNG/JPEG/WebP, searched recursively; every
+side at least 4 x the config's crop size, 192 px for 'paper'). Each step samples random
+crops at random scales 1-4, downsamples them with bicubic and learns to predict the
+original pixels. Real photos of the kind you will upscale work best.
+
+WORKDIR holds the run: config.json, log.jsonl (loss, learning rate, steps/s, validation
+PSNR), checkpoints/ (the newest few) and, if tensorboardX is installed, tensorboard/.
+Running the same command again resumes from the newest checkpoint, exactly as if it had
+never stopped; Ctrl+C or SIGTERM saves a checkpoint before stopping. --steps N trains up to
+global step N (default: the config's total, 1M for 'paper').
+
+CONFIG is 'paper' (EDSR-baseline-LIIF, batch 16, Adam 1e-4 halved at 200k/400k/600k/800k),
+'tiny' (a 4.7k-parameter model for CPU experiments) or a .py file whose get_config()
+returns a liif_jax.configs.TrainConfig (see liif_jax/configs/__init__.py).
+
+The batch is split over all devices (GPUs/TPU cores); --distributed runs one process per
+host with jax.distributed. 'liif-jax export WORKDIR model.safetensors' turns the result into
+a weight file for 'upscale --weights', 'eval' and the GIMP plug-in.
+
+examples:
+  liif-jax train --config paper --data my_photos/ --workdir runs/ft --init-from bundled --steps 20000
+  liif-jax train --config paper --data DIV2K_train_HR/ --workdir runs/paper --val-data DIV2K_valid_HR/
+  liif-jax train --config tiny --data photos/ --workdir runs/tiny --steps 500
+"""
+
+EXPORT_HELP = """\
+Write the inference weight file of a training run: SRC is a workdir (its newest
+checkpoint) or one checkpoint file; OUT a .safetensors file in the same format as
+'liif-jax convert' writes, usable with 'upscale --weights', 'eval' and the GIMP plug-in.
+
+example:
+  liif-jax export runs/ft my-photos-liif.safetensors
+"""
 
 COMPARE_HELP = """\
 Write one picture with the same enlargement by nearest neighbour, bicubic and LIIF side by
@@ -235,14 +273,18 @@ def add_upscale_args(p: argparse.ArgumentParser) -> None:
     folder.add_argument("--format", choices=sorted(e.lstrip(".") for e in OUTPUT_EXTENSIONS),
                         help="output format for a folder (default: keep each file's own)")
     folder.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
-    folder.add_argument("--distributed", action="store_true",
-                        help="multi-host: call jax.distributed.initialize() (auto-detects TPU pods, "
-                             "SLURM, MPI) and let each process take its share of the images")
-    folder.add_argument("--coordinator", metavar="HOST:PORT",
-                        help="with --distributed outside a detected cluster: the coordinator address")
-    folder.add_argument("--num-processes", type=int, metavar="N", help="with --coordinator")
-    folder.add_argument("--process-id", type=int, metavar="I", help="with --coordinator")
+    _add_distributed_args(folder, "let each process take its share of the images")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _add_distributed_args(group, what: str) -> None:
+    group.add_argument("--distributed", action="store_true",
+                       help="multi-host: call jax.distributed.initialize() (auto-detects TPU pods, "
+                            f"SLURM, MPI) and {what}")
+    group.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="with --distributed outside a detected cluster: the coordinator address")
+    group.add_argument("--num-processes", type=int, metavar="N", help="with --coordinator")
+    group.add_argument("--process-id", type=int, metavar="I", help="with --coordinator")
 
 
 def add_convert_args(p: argparse.ArgumentParser) -> None:
@@ -290,6 +332,24 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ev.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     ev.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     ev.set_defaults(run=run_eval)
+    tr = sub.add_parser("train", help="train or fine-tune (the paper's recipe, resumable)",
+                        description=TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("--config", default="paper", metavar="CONFIG", help="paper | tiny | FILE.py (default paper)")
+    tr.add_argument("--data", required=True, metavar="DIR", help="folder of high-resolution training images")
+    tr.add_argument("--workdir", required=True, metavar="DIR", help="folder of this run (created; resumed if present)")
+    tr.add_argument("--steps", type=int, metavar="N", help="train up to global step N (default: the config's total)")
+    tr.add_argument("--init-from", metavar="WEIGHTS",
+                    help="start from these weights: 'bundled' or a .safetensors/.pth file (fine-tuning)")
+    tr.add_argument("--val-data", metavar="DIR", help="folder of images for validation PSNR (paper's protocol)")
+    tr.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    dist = tr.add_argument_group("multi-host")
+    _add_distributed_args(dist, "each process builds its share of every batch")
+    tr.set_defaults(run=run_train)
+    ex = sub.add_parser("export", help="a training run's weights as an inference weight file",
+                        description=EXPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ex.add_argument("source", metavar="SRC", help="training workdir or checkpoint file")
+    ex.add_argument("dest", metavar="OUT.safetensors", help="weight file to write")
+    ex.set_defaults(run=run_export)
     cmp_ = sub.add_parser("compare", help="nearest | bicubic | LIIF side by side",
                           description=COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     cmp_.add_argument("input", metavar="IN", help="image to enlarge")
@@ -369,6 +429,44 @@ def run_eval(args) -> int:
 
         with atomic_output(args.json) as f:
             f.write(json.dumps([r.as_dict() for r in records], indent=1).encode())
+    return 0
+
+
+def run_train(args) -> int:
+    from pathlib import Path
+
+    from liif_jax.configs import load_config
+    from liif_jax.train.loop import train
+
+    config = load_config(args.config)
+    if not Path(args.data).is_dir():
+        raise RequestError(f"--data must be a folder of images: {args.data}")
+    if args.val_data and not Path(args.val_data).is_dir():
+        raise RequestError(f"--val-data must be a folder of images: {args.val_data}")
+    if args.init_from not in (None, "bundled") and not Path(args.init_from).is_file():
+        raise RequestError(f"--init-from: no such weight file: {args.init_from} (or use 'bundled')")
+    if args.steps is not None and args.steps < 1:
+        raise RequestError(f"--steps must be >= 1, got {args.steps}")
+    if Path(args.workdir).exists() and not Path(args.workdir).is_dir():
+        raise RequestError(f"--workdir is a file, not a folder: {args.workdir}")
+    if args.distributed:
+        _init_distributed(args)
+    result = train(config, args.data, args.workdir, steps=args.steps, init_from=args.init_from,
+                   val_data=args.val_data, quiet=args.quiet)
+    print(f"done: step {result.step}; export with: {PROG} export {args.workdir} model.safetensors")
+    return 0
+
+
+def run_export(args) -> int:
+    from pathlib import Path
+
+    from liif_jax.errors import CheckpointError
+    from liif_jax.train.checkpoint import export_weights
+
+    if Path(args.dest).suffix.lower() != ".safetensors":
+        raise CheckpointError(f"output must be a .safetensors file, got '{args.dest}'")
+    step, path = export_weights(args.source, args.dest)
+    print(f"{args.dest}: weights after {step} training steps (from {path.name})")
     return 0
 
 
@@ -522,8 +620,9 @@ def _folder_jobs(src_root, dst_root, fmt):
     return jobs
 
 
-def _distributed_share(args, jobs):
-    """Initialise jax.distributed and keep this process's share of the images."""
+def _init_distributed(args) -> None:
+    """``jax.distributed.initialize`` from --coordinator/--num-processes/--process-id, or
+    auto-detected (TPU pods, SLURM, MPI) without them."""
     import jax
 
     kwargs = {}
@@ -536,6 +635,13 @@ def _distributed_share(args, jobs):
         jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError) as exc:
         raise RequestError(f"--distributed could not initialise ({_one_line(exc)[:200]})") from None
+
+
+def _distributed_share(args, jobs):
+    """Initialise jax.distributed and keep this process's share of the images."""
+    import jax
+
+    _init_distributed(args)
     index, count = jax.process_index(), jax.process_count()
     return jobs[index::count], f"process {index}/{count}: "
 

@@ -9,13 +9,18 @@ Per item, as the original's ``sr-implicit-downsampled`` wrapper (train_edsr-base
 - ``sample_q`` (2304) distinct HR pixels: their coordinates (pixel centres, ``make_coord``),
   cells (2 / crop size) and colours.
 
-Everything random comes from ``numpy.random.default_rng((seed, epoch, index))`` and the
-epoch's order from ``default_rng((seed, epoch))``, so a run is reproducible item by item and
-can resume mid-epoch without replaying anything.
+An epoch visits every image ``repeat`` times (item ``i`` is image ``i % len(files)``).
+Everything random comes from ``numpy.random.default_rng((seed, epoch, item))`` and the
+epoch's order from ``default_rng((seed, epoch))``, so the batch of global step ``n`` is a pure
+function of (seed, n): a run is reproducible item by item and resumes at any step without
+replaying anything. ``BatchLoader`` builds those batches on threads, ahead of the device.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +33,29 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 class ImplicitDownsampled:
     def __init__(self, folder, inp_size: int = 48, scale_min: float = 1.0, scale_max: float = 4.0,
-                 sample_q: int | None = 2304, augment: bool = True, cache: str | None = "memory"):
-        self.files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in EXTENSIONS)
+                 sample_q: int | None = 2304, augment: bool = True, cache: str | None = "memory",
+                 repeat: int = 1):
+        self.files = find_images(folder)
         if not self.files:
             raise ImageError(f"no training images (PNG/JPEG/WebP) found in {folder}")
         self.inp_size, self.scale_min, self.scale_max = inp_size, scale_min, scale_max
-        self.sample_q, self.augment, self.cache = sample_q, augment, cache
+        self.sample_q, self.augment, self.cache, self.repeat = sample_q, augment, cache, repeat
         self._images: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, folder, config) -> "ImplicitDownsampled":
+        return cls(folder, inp_size=config.inp_size, scale_min=config.scale_min,
+                   scale_max=config.scale_max, sample_q=config.sample_q, augment=config.augment,
+                   cache=None if config.cache == "none" else config.cache, repeat=config.repeat)
 
     def __len__(self) -> int:
-        return len(self.files)
+        """Items per epoch: every image ``repeat`` times."""
+        return len(self.files) * self.repeat
 
     def image(self, index: int) -> np.ndarray:
         """uint8 (H, W, 3) of file ``index`` (kept in memory when ``cache == "memory"``)."""
+        index %= len(self.files)
         if index in self._images:
             return self._images[index]
         from PIL import Image
@@ -51,8 +66,15 @@ class ImplicitDownsampled:
             raise ImageError(f"training image {self.files[index].name} is smaller than the largest "
                              f"crop ({round(self.inp_size * self.scale_max)} pixels)")
         if self.cache == "memory":
-            self._images[index] = arr
+            with self._lock:
+                self._images[index] = arr
         return arr
+
+    def preload(self, threads: int = 4) -> None:
+        """Decode (and with the memory cache, keep) every image now, so a bad or too small
+        file is reported before training starts rather than hours into it."""
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(self.image, range(len(self.files))))
 
     def item(self, index: int, seed: int, epoch: int) -> dict:
         """One training example: ``inp`` (inp_size, inp_size, 3) in [0, 1], ``coord``,
@@ -82,15 +104,104 @@ class ImplicitDownsampled:
     def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
         return np.random.default_rng((seed, epoch)).permutation(len(self))
 
-    def batches(self, batch_size: int, seed: int, epoch: int, start: int = 0):
-        """Host batches (``train.step.Batch``) of one epoch, from batch number ``start``."""
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return len(self) // batch_size
+
+    def step_items(self, step: int, batch_size: int, seed: int) -> tuple[int, np.ndarray]:
+        """(epoch, item numbers) of global step ``step`` (0-based); the tail of an epoch that
+        does not fill a batch is dropped, as a DataLoader with drop_last does."""
+        per_epoch = self.steps_per_epoch(batch_size)
+        if per_epoch < 1:
+            raise ImageError(f"an epoch has {len(self)} items ({len(self.files)} images x repeat "
+                             f"{self.repeat}), fewer than one batch of {batch_size}")
+        epoch, b = divmod(step, per_epoch)
+        return epoch, self.epoch_order(seed, epoch)[b * batch_size:(b + 1) * batch_size]
+
+    def host_batch(self, items, seed: int, epoch: int, map_fn=map):
+        """A ``train.step.Batch`` of the given items (``map_fn`` may run them on threads)."""
         from liif_jax.train.step import make_batch
 
-        order = self.epoch_order(seed, epoch)
-        for b in range(start, len(order) // batch_size):
-            items = [self.item(int(i), seed, epoch) for i in order[b * batch_size:(b + 1) * batch_size]]
-            stack = {k: np.stack([it[k] for it in items]) for k in items[0]}
-            yield make_batch(stack["inp"], stack["coord"], stack["cell"], stack["gt"])
+        made = list(map_fn(lambda i: self.item(int(i), seed, epoch), items))
+        stack = {k: np.stack([it[k] for it in made]) for k in made[0]}
+        return make_batch(stack["inp"], stack["coord"], stack["cell"], stack["gt"])
+
+    def batches(self, batch_size: int, seed: int, epoch: int, start: int = 0):
+        """Host batches (``train.step.Batch``) of one epoch, from batch number ``start``."""
+        per_epoch = self.steps_per_epoch(batch_size)
+        for b in range(start, per_epoch):
+            epoch_, items = self.step_items(epoch * per_epoch + b, batch_size, seed)
+            yield self.host_batch(items, seed, epoch_)
+
+
+def find_images(folder) -> list[Path]:
+    """Image files below ``folder`` (recursive, sorted, hidden files skipped)."""
+    root = Path(folder)
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+class BatchLoader:
+    """Host batches for global steps ``start .. stop-1``, built ahead of use.
+
+    A feeder thread assembles batches in step order, each batch's items on a pool of
+    ``threads`` (PIL's resize and NumPy release the GIL), and keeps up to ``depth`` finished
+    batches queued, so the device never waits for the host in steady state. In a multi-process
+    run each process builds only its share of every global batch
+    (``process_index``/``process_count``). Iterating yields ``(step, Batch)``; an error in the
+    feeder is raised in the consumer. ``close()`` (or leaving a ``with`` block) stops it.
+    """
+
+    def __init__(self, dataset: ImplicitDownsampled, batch_size: int, seed: int, start: int, stop: int,
+                 threads: int = 4, depth: int = 4, process_index: int = 0, process_count: int = 1):
+        if batch_size % process_count:
+            raise ImageError(f"batch size {batch_size} does not split over {process_count} processes")
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.start, self.stop = start, stop
+        self.share = batch_size // process_count
+        self.offset = process_index * self.share
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stopped = threading.Event()
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="liif-data")
+        self._feeder = threading.Thread(target=self._feed, name="liif-data-feeder", daemon=True)
+        self._feeder.start()
+
+    def _put(self, entry) -> bool:
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _feed(self):
+        try:
+            for step in range(self.start, self.stop):
+                epoch, items = self.dataset.step_items(step, self.batch_size, self.seed)
+                mine = items[self.offset:self.offset + self.share]
+                batch = self.dataset.host_batch(mine, self.seed, epoch, map_fn=self._pool.map)
+                if not self._put((step, batch, None)):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put((None, None, exc))
+
+    def __iter__(self):
+        for _ in range(self.start, self.stop):
+            step, batch, error = self._queue.get()
+            if error is not None:
+                raise error
+            yield step, batch
+
+    def close(self):
+        self._stopped.set()
+        self._feeder.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def _augment(a: np.ndarray, flip_rows: bool, flip_cols: bool, transpose: bool) -> np.ndarray:

@@ -1,0 +1,398 @@
+"""`liif-jax train` / `export`: configs, the schedule, init, the threaded loader, the loop,
+exact resume, SIGKILL/SIGTERM, data parallelism, validation, logs, and exported weights."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from conftest import TINY
+from liif_jax.configs import TrainConfig, load_config
+from liif_jax.errors import CheckpointError, RequestError
+from liif_jax.train import checkpoint as ckpt
+from liif_jax.train.data import BatchLoader, ImplicitDownsampled
+from liif_jax.train.loop import optimizer_lr, train
+from liif_jax.train.step import init_params, l1_loss, step_decay_schedule
+from liif_jax.weights import flat_params, load_model
+
+CLI = [sys.executable, "-m", "liif_jax"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Five small HR photos (>= 64 px: the tiny config's largest crop is 16 x 4)."""
+    root = tmp_path_factory.mktemp("photos")
+    sources = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(),
+               skimage.data.rocket(), skimage.data.astronaut()[200:]]
+    for i, img in enumerate(sources):
+        Image.fromarray(img[:80, :112]).save(root / f"p{i}.png")
+    return root
+
+
+def tiny(**changes) -> TrainConfig:
+    return dataclasses.replace(load_config("tiny"), **changes)
+
+
+def same_params(a, b, tol=0.0):
+    fa, fb = flat_params(a), flat_params(b)
+    assert fa.keys() == fb.keys()
+    return max(float(np.abs(fa[k] - fb[k]).max()) for k in fa) <= tol
+
+
+# ---------------------------------------------------------------- configs, schedule, init
+
+
+def test_built_in_configs_are_the_papers_and_a_tiny_one():
+    paper = load_config("paper")
+    assert (paper.batch_size, paper.lr, paper.inp_size, paper.sample_q, paper.total_steps) == \
+        (16, 1e-4, 48, 2304, 1_000_000)
+    assert paper.lr_decay_steps == (200_000, 400_000, 600_000, 800_000) and paper.lr_decay_factor == 0.5
+    assert paper.model["args"]["imnet_spec"]["args"]["hidden_list"] == [256] * 4
+    assert load_config("tiny").model["args"]["encoder_spec"]["args"]["n_feats"] == 8
+    assert TrainConfig.from_json(paper.to_json()) == paper
+
+
+def test_config_files_and_their_errors(tmp_path):
+    good = tmp_path / "mine.py"
+    good.write_text("import dataclasses\nfrom liif_jax.configs import tiny\n"
+                    "def get_config():\n    return dataclasses.replace(tiny.get_config(), batch_size=2)\n")
+    assert load_config(str(good)).batch_size == 2
+    cases = {"nofunc.py": "x = 1\n", "wrong.py": "def get_config():\n    return {}\n",
+             "broken.py": "def get_config(:\n", "bad.py": "from liif_jax.configs import tiny\nimport dataclasses\n"
+             "def get_config():\n    return dataclasses.replace(tiny.get_config(), batch_size=0)\n"}
+    messages = {"nofunc.py": "no get_config", "wrong.py": "must return", "broken.py": "failed to load",
+                "bad.py": "batch_size must be"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(RequestError, match=messages[name]):
+            load_config(str(tmp_path / name))
+    with pytest.raises(RequestError, match="paper, tiny"):
+        load_config("imagenet")
+
+
+def test_schedule_halves_where_the_originals_epochs_would():
+    cfg = load_config("paper")
+    schedule = step_decay_schedule(cfg.lr, cfg.lr_decay_steps, cfg.lr_decay_factor)
+    host = optimizer_lr(cfg)
+    expected = {0: 1e-4, 199_999: 1e-4, 200_000: 5e-5, 399_999: 5e-5, 400_000: 2.5e-5,
+                800_000: 6.25e-6, 999_999: 6.25e-6}
+    for step, lr in expected.items():
+        assert float(schedule(step)) == pytest.approx(lr, rel=1e-6), step
+        assert host(step) == pytest.approx(lr, rel=1e-12), step
+
+
+def test_adam_uses_the_schedule(photos):
+    """After 2 updates with boundary 1, the second update moved params by half as much as the
+    first would (Adam's first steps have |update| = lr in every coordinate with a gradient)."""
+    import optax
+
+    from liif_jax.train.step import make_optimizer
+
+    cfg = tiny(lr=1e-3, lr_decay_steps=(1,), lr_decay_factor=0.5)
+    opt = make_optimizer(cfg)
+    p = {"w": np.zeros(3, np.float32)}
+    state = opt.init(p)
+    g = {"w": np.array([1.0, -2.0, 3.0], np.float32)}
+    u1, state = opt.update(g, state, p)
+    u2, state = opt.update(g, state, p)
+    assert np.allclose(np.abs(u1["w"]), 1e-3, rtol=1e-4) and np.allclose(np.abs(u2["w"]), 5e-4, rtol=1e-4)
+    assert isinstance(optax.apply_updates(p, u1), dict)
+
+
+def test_init_is_pytorchs_default_distribution():
+    from liif_jax.models import build_model
+
+    module = build_model(load_config("paper").model)
+    a, b = init_params(module, 0), init_params(module, 0)
+    assert same_params(a, b)  # deterministic per seed
+    assert not same_params(a, init_params(module, 1), tol=1e-3)
+    flat = flat_params(a)
+    for name, bound in [("encoder/head", 1 / np.sqrt(27)), ("encoder/body_0/conv_0", 1 / np.sqrt(576)),
+                        ("imnet/dense_0", 1 / np.sqrt(580)), ("imnet/dense_4", 1 / np.sqrt(256))]:
+        for part in ("kernel", "bias"):
+            v = flat[f"{name}/{part}"]
+            assert np.abs(v).max() <= bound, name
+            if v.size >= 100:  # uniform on [-bound, bound]: fills it, std bound / sqrt(3)
+                assert np.abs(v).max() > 0.95 * bound, name
+                assert abs(float(v.std()) - bound / np.sqrt(3)) < 0.05 * bound, name
+
+
+# ---------------------------------------------------------------- the threaded loader
+
+
+def test_loader_gives_the_sequential_batches_in_order(photos):
+    data = ImplicitDownsampled(photos, inp_size=16, sample_q=64, repeat=3)
+    assert len(data) == 15 and data.steps_per_epoch(4) == 3
+    with BatchLoader(data, 4, seed=7, start=2, stop=8, threads=3, depth=2) as loader:
+        got = list(loader)
+    assert [s for s, _ in got] == list(range(2, 8))
+    for step, batch in got:
+        epoch, items = data.step_items(step, 4, seed=7)
+        ref = data.host_batch(items, 7, epoch)
+        for x, y in zip(batch, ref):
+            np.testing.assert_array_equal(x, y)
+    # steps 3..5 are epoch 1: a new order, still every item at most once per epoch
+    items = np.concatenate([data.step_items(s, 4, 7)[1] for s in (3, 4, 5)])
+    assert len(set(items.tolist())) == 12
+
+
+def test_loader_process_shares_make_the_global_batch(photos):
+    data = ImplicitDownsampled(photos, inp_size=16, sample_q=32)
+    whole = list(BatchLoader(data, 4, 0, 0, 1))[0][1]
+    parts = [list(BatchLoader(data, 4, 0, 0, 1, process_index=i, process_count=2))[0][1] for i in (0, 1)]
+    for field, x in enumerate(whole):
+        np.testing.assert_array_equal(x, np.concatenate([parts[0][field], parts[1][field]]))
+
+
+def test_loader_reports_errors_in_the_consumer(tmp_path):
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "small.png")
+    data = ImplicitDownsampled(tmp_path, inp_size=16, sample_q=8, cache=None)
+    with pytest.raises(Exception, match="smaller than the largest crop"):
+        with BatchLoader(data, 1, 0, 0, 3) as loader:
+            list(loader)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@pytest.fixture(scope="module")
+def straight_run(photos, tmp_path_factory):
+    """The reference: 20 uninterrupted steps of the tiny config."""
+    wd = tmp_path_factory.mktemp("straight")
+    return train(tiny(log_every=5, checkpoint_every=10), photos, wd, steps=20, quiet=True), wd
+
+
+def test_tiny_config_trains_and_its_loss_falls(photos, tmp_path):
+    result = train(tiny(log_every=10), photos, tmp_path, steps=50, quiet=True)
+    losses = [loss for _, loss in result.losses]
+    assert result.step == 50 and len(losses) == 5 and np.isfinite(losses).all()
+    assert losses[-1] < 0.7 * losses[0], losses
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20, 30, 40, 50]
+    assert all(r["steps_per_s"] > 0 and r["lr"] == 1e-3 for r in records)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [50]  # checkpoint_every 50
+
+
+def test_resume_equals_the_uninterrupted_run(photos, tmp_path, straight_run):
+    reference, _ = straight_run
+    first = train(tiny(log_every=5, checkpoint_every=10), photos, tmp_path, steps=10, quiet=True)
+    assert first.step == 10 and not same_params(first.params, reference.params, tol=1e-7)
+    second = train(tiny(log_every=5, checkpoint_every=10), photos, tmp_path, steps=20, quiet=True)
+    assert second.resumed_from == 10 and second.step == 20
+    assert same_params(second.params, reference.params, tol=1e-7)
+    assert second.losses == [(s, l) for s, l in reference.losses if s > 10]
+    again = train(tiny(), photos, tmp_path, steps=20, quiet=True)  # nothing left to do
+    assert again.step == 20 and again.losses == []
+
+
+def test_keeps_the_last_n_and_skips_a_broken_newest(photos, tmp_path, straight_run):
+    reference, _ = straight_run
+    cfg = tiny(log_every=5, checkpoint_every=2, keep_checkpoints=3)
+    train(cfg, photos, tmp_path, steps=12, quiet=True)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [8, 10, 12]
+    newest = ckpt.checkpoint_path(tmp_path, 12)
+    newest.write_bytes(newest.read_bytes()[:1000])  # e.g. a copy cut short
+    with pytest.warns(Warning, match="step_00000012.safetensors is unreadable"):
+        resumed = train(cfg, photos, tmp_path, steps=20, quiet=True)
+    assert resumed.resumed_from == 10 and same_params(resumed.params, reference.params, tol=1e-7)
+
+
+def test_a_workdir_of_another_model_is_refused(photos, tmp_path):
+    train(tiny(), photos, tmp_path, steps=1, quiet=True)
+    other = dataclasses.replace(load_config("tiny"),
+                                model={**load_config("tiny").model, "args": {
+                                    **load_config("tiny").model["args"], "imnet_spec": {
+                                        "name": "mlp", "args": {"out_dim": 3, "hidden_list": [8]}}}})
+    with pytest.raises(CheckpointError, match="different model"):
+        train(other, photos, tmp_path, steps=2, quiet=True)
+
+
+def test_fine_tuning_starts_from_the_given_weights(photos, tmp_path):
+    """--init-from: the first step's loss is the loss of exactly those weights."""
+    from liif_jax.train.data import ImplicitDownsampled as Data
+
+    cfg = tiny(log_every=1)
+    result = train(cfg, photos, tmp_path, steps=1, init_from=TINY / "tiny-liif.pth", quiet=True)
+    start = load_model(TINY / "tiny-liif.pth")
+    data = Data.from_config(photos, cfg)
+    epoch, items = data.step_items(0, cfg.batch_size, cfg.seed)
+    expected = float(l1_loss(start.params, start.module, data.host_batch(items, cfg.seed, epoch)))
+    assert result.losses[0][1] == pytest.approx(expected, abs=1e-6)
+    _, _, meta = ckpt.latest_checkpoint(tmp_path)
+    assert meta["init_from"] == "tiny-liif.pth"
+
+
+def test_validation_psnr_is_the_eval_protocols(photos, tmp_path):
+    from liif_jax.evaluate import evaluate_image
+    from liif_jax.weights import LiifModel
+
+    cfg = tiny(val_every=4, val_scales=(2.0, 3.0), val_max_images=2, log_every=4)
+    result = train(cfg, photos, tmp_path, steps=4, val_data=photos, quiet=True)
+    assert [s for s, _ in result.val] == [4]
+    record = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines() if "val_psnr" in x][0]
+    from liif_jax.models import build_model
+
+    m = LiifModel(spec=cfg.model, module=build_model(cfg.model), params=result.params)
+    names = sorted(p.name for p in photos.glob("*.png"))[:2]
+    for s in (2.0, 3.0):
+        hr = [np.asarray(Image.open(photos / n).convert("RGB")) for n in names]
+        mean = np.mean([evaluate_image(n, h, s, m).psnr for n, h in zip(names, hr)])
+        assert record[f"val_psnr_x{s:g}"] == pytest.approx(mean, abs=1e-9)
+    assert record["val_psnr"] == pytest.approx((record["val_psnr_x2"] + record["val_psnr_x3"]) / 2)
+
+
+def test_tensorboard_events_are_written(photos, tmp_path):
+    pytest.importorskip("tensorboardX", reason="tensorboardX is in the test extra")
+    train(tiny(log_every=2), photos, tmp_path, steps=4, quiet=True)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+TWO_DEVICES = """
+import sys, jax, numpy as np
+jax.config.update("jax_default_matmul_precision", "highest")
+from liif_jax.configs import load_config
+from liif_jax.train.loop import train
+from liif_jax.weights import flat_params
+assert len(jax.devices()) == 2
+cfg = load_config("tiny")
+one = train(cfg, sys.argv[1], sys.argv[2] + "/one", steps=3, devices=jax.devices()[:1], quiet=True)
+two = train(cfg, sys.argv[1], sys.argv[2] + "/two", steps=3, quiet=True)
+a, b = flat_params(one.params), flat_params(two.params)
+print("MAXDIFF", max(float(np.abs(a[k] - b[k]).max()) for k in a))
+print("LOSSDIFF", max(abs(x[1] - y[1]) for x, y in zip(one.losses, two.losses)))
+"""
+
+
+def test_two_devices_train_like_one(photos, tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", TWO_DEVICES, str(photos), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    values = dict(line.split() for line in proc.stdout.splitlines() if line.startswith(("MAXDIFF", "LOSSDIFF")))
+    assert float(values["MAXDIFF"]) <= 1e-6 and float(values["LOSSDIFF"]) <= 1e-6, proc.stdout
+    assert float(values["MAXDIFF"]) >= 0
+
+
+def test_batch_must_split_over_the_devices(photos, tmp_path):
+    with pytest.raises(RequestError, match="does not split over 3 devices"):
+        train(tiny(), photos, tmp_path, steps=1, devices=[jax.devices()[0]] * 3, quiet=True)
+
+
+# ---------------------------------------------------------------- the CLI, kills and export
+
+
+def _config_file(tmp_path, **changes):
+    path = tmp_path / "cfg.py"
+    items = ", ".join(f"{k}={v!r}" for k, v in changes.items())
+    path.write_text(textwrap.dedent(f"""\
+        import dataclasses
+        from liif_jax.configs import tiny
+        def get_config():
+            return dataclasses.replace(tiny.get_config(), {items})
+        """))
+    return path
+
+
+def _wait_for(predicate, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_sigkill_mid_run_then_resume_reaches_the_same_params(photos, tmp_path, straight_run):
+    """Checkpoint every step, SIGKILL at an arbitrary moment (often mid-save), resume: the
+    run ends where the uninterrupted one does, bit for bit within 1e-7."""
+    reference, _ = straight_run
+    cfg = _config_file(tmp_path, checkpoint_every=1, log_every=5, keep_checkpoints=2)
+    wd = tmp_path / "run"
+    cmd = CLI + ["train", "--config", str(cfg), "--data", str(photos), "--workdir", str(wd), "--steps", "20", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: len(ckpt.list_checkpoints(wd)) >= 1 and ckpt.list_checkpoints(wd)[-1][0] >= 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    killed_at = ckpt.list_checkpoints(wd)[-1][0]
+    assert killed_at < 20
+    # what a kill in the middle of a save leaves behind: a hidden partial temp file
+    (wd / "checkpoints" / f".step_{killed_at + 1:08d}.safetensors.abc.part").write_bytes(b"partial")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming from step {killed_at}" in done.stdout
+    assert not list((wd / "checkpoints").glob(".*.part"))
+    out = tmp_path / "final.safetensors"
+    assert subprocess.run(CLI + ["export", str(wd), str(out)], capture_output=True).returncode == 0
+    assert same_params(load_model(out).params, reference.params, tol=1e-7)
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(photos, tmp_path):
+    cfg = _config_file(tmp_path, checkpoint_every=1000, log_every=1)
+    wd = tmp_path / "run"
+    cmd = CLI + ["train", "--config", str(cfg), "--data", str(photos), "--workdir", str(wd), "--steps", "100000", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = wd / "log.jsonl"
+    _wait_for(lambda: log.exists() and log.read_text().count("\n") >= 3, proc)  # training
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    steps = [s for s, _ in ckpt.list_checkpoints(wd)]
+    assert len(steps) == 1 and f"stopped by SIGTERM at step {steps[0]}" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_export_loads_in_upscale_and_carries_provenance(photos, tmp_path, straight_run):
+    reference, wd = straight_run
+    out = tmp_path / "trained.safetensors"
+    proc = subprocess.run(CLI + ["export", str(wd), str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "after 20 training steps" in proc.stdout, proc.stderr
+    model = load_model(out)
+    assert same_params(model.params, reference.params) and model.metadata["trained_steps"] == "20"
+    up = tmp_path / "up.png"
+    proc = subprocess.run(CLI + ["upscale", str(photos / "p0.png"), str(up), "--scale", "2", "--weights", str(out), "-q"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(up).size == (224, 160)
+    # a single checkpoint file works too, and errors are one line
+    one = ckpt.list_checkpoints(wd)[0][1]
+    assert subprocess.run(CLI + ["export", str(one), str(tmp_path / "b.safetensors")]).returncode == 0
+    bad = subprocess.run(CLI + ["export", str(tmp_path), str(tmp_path / "c.safetensors")], capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.startswith("liif-jax: error: no checkpoints")
+
+
+def test_fine_tune_of_the_bundled_weights_keeps_their_license(photos, tmp_path):
+    cfg = _config_file(tmp_path, model=load_config("paper").model, inp_size=16, sample_q=16,
+                       batch_size=1, checkpoint_every=1)
+    wd = tmp_path / "ft"
+    proc = subprocess.run(CLI + ["train", "--config", str(cfg), "--data", str(photos), "--workdir", str(wd),
+                                 "--steps", "1", "--init-from", "bundled", "-q"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "ft.safetensors"
+    assert subprocess.run(CLI + ["export", str(wd), str(out)]).returncode == 0
+    model = load_model(out)
+    assert "BSD" in model.metadata["license"] and model.metadata["init_from"] == "bundled"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "nowhere"], "--data must be a folder"),
+    (["--init-from", "missing.safetensors"], "--init-from: no such weight file"),
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--config", "paper"], "smaller than the largest crop (192 pixels)"),
+])
+def test_train_cli_errors_are_one_line(photos, tmp_path, args, message):
+    base = {"--config": "tiny", "--data": str(photos), "--workdir": str(tmp_path / "wd")}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    argv = [x for kv in base.items() for x in kv] + [a for a in args if a not in base and a not in base.values()]
+    proc = subprocess.run(CLI + ["train", *argv, "-q"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
