@@ -131,24 +131,32 @@ def _looks_like_safetensors(data: bytes) -> bool:
     return 2 <= n <= len(data) - 8 and data[8:9] == b"{"
 
 
-def read_weights(data: bytes, where: str) -> LiifModel:
-    """Parse a liif-jax safetensors file held in ``data``."""
+def read_tagged_safetensors(data: bytes, where: str, fmt: str, version: str, kind: str):
+    """(tensors, metadata) of a safetensors file whose metadata says ``format`` = ``fmt`` and
+    ``format_version`` = ``version``; CheckpointError naming ``where`` otherwise."""
+    import json
+
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
     try:
         tensors = load(data)
         header_len = int.from_bytes(data[:8], "little")
-        import json
-
         metadata = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
     except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{where} is not a readable weight file ({str(exc)[:80]})") from None
-    if metadata.get("format") != WEIGHTS_FORMAT:
-        raise CheckpointError(f"{where} is a safetensors file but not liif-jax weights (no format tag)")
-    if metadata.get("format_version") != WEIGHTS_FORMAT_VERSION:
-        raise CheckpointError(f"{where} has weight format version {metadata.get('format_version')!r}; "
-                              f"this liif-jax reads version {WEIGHTS_FORMAT_VERSION}")
+        raise CheckpointError(f"{where} is not a readable {kind} ({str(exc)[:80]})") from None
+    if metadata.get("format") != fmt:
+        raise CheckpointError(f"{where} is a safetensors file but not a liif-jax {kind} (no format tag)")
+    if metadata.get("format_version") != version:
+        raise CheckpointError(f"{where} has {kind} format version {metadata.get('format_version')!r}; "
+                              f"this liif-jax reads version {version}")
+    return tensors, metadata
+
+
+def read_weights(data: bytes, where: str) -> LiifModel:
+    """Parse a liif-jax safetensors file held in ``data``."""
+    tensors, metadata = read_tagged_safetensors(data, where, WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION,
+                                                "weight file")
     spec = spec_from_json(metadata.get("spec", ""))
     info = {k: v for k, v in metadata.items() if k not in ("format", "format_version", "spec")}
     return model_from_flat(spec, tensors, info, where)

@@ -202,7 +202,7 @@ def test_keeps_the_last_n_and_skips_a_broken_newest(photos, tmp_path, straight_r
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [8, 10, 12]
     newest = ckpt.checkpoint_path(tmp_path, 12)
     newest.write_bytes(newest.read_bytes()[:1000])  # e.g. a copy cut short
-    with pytest.warns(Warning, match="step_00000012.safetensors is unreadable"):
+    with pytest.warns(Warning, match="step_00000012.safetensors is not a readable training checkpoint"):
         resumed = train(cfg, photos, tmp_path, steps=20, quiet=True)
     assert resumed.resumed_from == 10 and same_params(resumed.params, reference.params, tol=1e-7)
 
@@ -396,3 +396,92 @@ def test_train_cli_errors_are_one_line(photos, tmp_path, args, message):
     proc = subprocess.run(CLI + ["train", *argv, "-q"], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+TWO_PROCESSES = """
+import sys, jax, numpy as np
+jax.distributed.initialize(coordinator_address="127.0.0.1:" + sys.argv[1], num_processes=2,
+                           process_id=int(sys.argv[2]))
+jax.config.update("jax_default_matmul_precision", "highest")
+from liif_jax.configs import load_config
+from liif_jax.train.loop import train
+from liif_jax.weights import flat_params
+r = train(load_config("tiny"), sys.argv[3], sys.argv[4], steps=int(sys.argv[5]), quiet=True)
+import os; os.makedirs(sys.argv[4], exist_ok=True)  # only process 0 creates its workdir
+np.savez(sys.argv[4] + "/params.npz", **flat_params(r.params))
+print("START", r.resumed_from or 0)
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one_and_resume_from_process_0(photos, tmp_path):
+    """jax.distributed with 2 CPU processes (1 device each): each builds half of every batch,
+    the gradient is all-reduced, and the result is the single-process run's. Each process has
+    its own workdir; on resume only process 0's has the checkpoint, and it is broadcast."""
+    def run(steps):
+        port = str(_free_port())
+        env = dict(os.environ, JAX_PLATFORMS="cpu")
+        procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESSES, port, str(i), str(photos),
+                                   str(tmp_path / f"wd{i}"), str(steps)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        for p, (out, err) in zip(procs, outs):
+            assert p.returncode == 0, err[-2000:]
+        return [out for out, _ in outs]
+
+    run(3)
+    assert ckpt.list_checkpoints(tmp_path / "wd0") and not ckpt.list_checkpoints(tmp_path / "wd1")
+    outs = run(5)
+    assert all("START 3" in out for out in outs), outs
+    single = train(tiny(), photos, tmp_path / "single", steps=5, quiet=True)
+    for i in (0, 1):
+        got = dict(np.load(tmp_path / f"wd{i}" / "params.npz"))
+        assert same_params(got, single.params, tol=1e-6)
+
+
+def test_the_step_compiles_once_for_every_scale_and_epoch(photos):
+    """Crops of every scale give batches of one shape (LR inp_size, sample_q queries), so the
+    step is traced once for a whole run."""
+    import chex
+
+    from liif_jax.models import build_model
+    from liif_jax.train.step import make_optimizer, train_step_fn
+
+    cfg = tiny()
+    module, opt = build_model(cfg.model), make_optimizer(cfg)
+    step = jax.jit(chex.assert_max_traces(train_step_fn(module, opt), n=1))
+    params = init_params(module, 0)
+    state = opt.init(params)
+    data = ImplicitDownsampled.from_config(photos, cfg)
+    with BatchLoader(data, cfg.batch_size, cfg.seed, 0, 6) as loader:  # 6 epochs of 1 step
+        for _, batch in loader:
+            params, state, loss = step(params, state, batch)
+    assert np.isfinite(float(loss))
+    with pytest.raises(AssertionError):  # a differently shaped batch would retrace: the check bites
+        smaller = ImplicitDownsampled(photos, inp_size=12, sample_q=256)
+        step(params, state, smaller.host_batch(list(range(4)), 0, 0))
+
+
+def test_resuming_with_a_changed_config_says_so(photos, tmp_path):
+    train(tiny(), photos, tmp_path, steps=2, quiet=True)
+    lines = []
+    train(tiny(log_every=7), photos, tmp_path, steps=3, quiet=True, echo=lines.append)
+    assert any("differs from the checkpoint's in log_every (10 -> 7)" in line for line in lines), lines
+    lines = []
+    train(tiny(log_every=7), photos, tmp_path, steps=4, quiet=True, echo=lines.append)
+    assert not any("differs" in line for line in lines)
+
+
+def test_an_unreadable_training_image_is_named(tmp_path):
+    from liif_jax.errors import ImageError
+
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(ImageError, match="cannot read training image .*broken.png"):
+        ImplicitDownsampled(tmp_path).preload()

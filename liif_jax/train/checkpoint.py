@@ -17,8 +17,6 @@ continue exactly where the run stopped.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -83,23 +81,15 @@ def save_checkpoint(workdir, step: int, params, opt_state, metadata: dict, keep:
 
 def read_checkpoint(path) -> tuple[dict, dict]:
     """(tensors by name, metadata) of one checkpoint file; CheckpointError if unreadable."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
+    from liif_jax.weights import read_tagged_safetensors
 
     path = Path(path)
     try:
         data = path.read_bytes()
-        tensors = load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
-    except (OSError, SafetensorError, ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {path.name} is unreadable ({str(exc)[:80]})") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path.name} is not a liif-jax training checkpoint")
-    if meta.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(f"{path.name} has checkpoint format version {meta.get('format_version')!r}; "
-                              f"this liif-jax reads version {CHECKPOINT_FORMAT_VERSION}")
-    return tensors, meta
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path.name} is unreadable ({exc.strerror or exc})") from None
+    return read_tagged_safetensors(data, f"checkpoint {path.name}", CHECKPOINT_FORMAT,
+                                   CHECKPOINT_FORMAT_VERSION, "training checkpoint")
 
 
 def restore_tree(tensors: dict, template, prefix: str, where: str):

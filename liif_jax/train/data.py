@@ -60,8 +60,11 @@ class ImplicitDownsampled:
             return self._images[index]
         from PIL import Image
 
-        with Image.open(self.files[index]) as img:
-            arr = np.asarray(img.convert("RGB"))
+        try:
+            with Image.open(self.files[index]) as img:
+                arr = np.asarray(img.convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise ImageError(f"cannot read training image {self.files[index]}: {exc}") from None
         if min(arr.shape[:2]) < round(self.inp_size * self.scale_max):
             raise ImageError(f"training image {self.files[index].name} is smaller than the largest "
                              f"crop ({round(self.inp_size * self.scale_max)} pixels)")

@@ -13,8 +13,10 @@ and because the batch of step n depends only on (seed, n) the resumed run is the
 uninterrupted run, update for update. SIGINT/SIGTERM (Ctrl+C, a cluster's preemption notice)
 finish the current step, save a checkpoint and stop.
 
-Multi-process (``jax.distributed`` initialised by the caller): every process runs this loop,
-builds its share of each global batch, and process 0 alone writes logs and checkpoints.
+Multi-process (``jax.distributed`` initialised by the caller): every process runs this loop
+and builds its share of each global batch from its own copy of the data; process 0 alone
+reads and writes the workdir (logs, checkpoints) and broadcasts the starting state, so the
+other hosts need not share its filesystem.
 """
 
 from __future__ import annotations
@@ -204,7 +206,7 @@ def _train(config, data, workdir, steps, init_from, val_data, devices, quiet, ec
 
     spec, module, params, run_meta = _initial_model(config, init_from)
     optimizer = make_optimizer(config)
-    latest = ckpt.latest_checkpoint(workdir)
+    latest = ckpt.latest_checkpoint(workdir) if lead else None
     start, resumed_from = 0, None
     if latest is not None:
         start, tensors, meta = latest
@@ -216,10 +218,19 @@ def _train(config, data, workdir, steps, init_from, val_data, devices, quiet, ec
                                       f"checkpoint step {start}")
         run_meta = {k: meta[k] for k in ("init_from", "license") if k in meta}
         resumed_from = start
+        changed = config_changes(meta.get("config"), config)
     else:
+        changed = []
         if params is None:
             params = init_params(module, config.seed)
         opt_state = optimizer.init(params)
+    if jax.process_count() > 1:
+        # Process 0's state is the run's state: the other hosts need not see the workdir.
+        from jax.experimental import multihost_utils
+
+        start, params, opt_state = multihost_utils.broadcast_one_to_all((np.int64(start), params, opt_state))
+        start = int(start)
+        resumed_from = start if start else None
     result = TrainResult(step=start, params=None, resumed_from=resumed_from)
     if start >= stop:
         echo(f"already at step {start} (>= {stop}); nothing to do")
@@ -263,6 +274,9 @@ def _train(config, data, workdir, steps, init_from, val_data, devices, quiet, ec
     n_dev = len(devices)
     if resumed_from is not None:
         log.line(f"resuming from step {start} (newest checkpoint in {workdir})")
+        if changed:
+            log.line("note: the config differs from the checkpoint's in " + ", ".join(changed) +
+                     " (the run continues with the new values; it is no longer the uninterrupted run)")
     else:
         how = f"from {run_meta['init_from']}" if run_meta.get("init_from") else f"from scratch (seed {config.seed})"
         log.line(f"training {how}: {len(dataset.files)} images, {per_epoch} steps per epoch, "
@@ -322,6 +336,20 @@ def _train(config, data, workdir, steps, init_from, val_data, devices, quiet, ec
     result.step = done
     result.params = _host(params)
     return result
+
+
+def config_changes(saved_json, config) -> list[str]:
+    """``name (old -> new)`` for each config field that differs from a checkpoint's config."""
+    if not saved_json:
+        return []
+    from liif_jax.configs import TrainConfig
+
+    try:
+        saved = TrainConfig.from_json(saved_json)
+    except (ValueError, TypeError):
+        return ["(unreadable saved config)"]
+    return [f"{f} ({getattr(saved, f)!r} -> {getattr(config, f)!r})"
+            for f in TrainConfig.__dataclass_fields__ if getattr(saved, f) != getattr(config, f)]
 
 
 def optimizer_lr(config):

@@ -51,6 +51,16 @@ def make_train_step(module, optimizer, mesh=None):
     gradient all-reduce -- the math is the single-device step's (the loss is a mean over the
     whole global batch). Params and state buffers are donated: each step updates in place.
     """
+    step = train_step_fn(module, optimizer)
+    if mesh is None:
+        return jax.jit(step, donate_argnums=(0, 1))
+    replicated, split = data_shardings(mesh)
+    return jax.jit(step, in_shardings=(replicated, replicated, split),
+                   out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
+
+
+def train_step_fn(module, optimizer):
+    """The pure (unjitted) step ``make_train_step`` compiles."""
     import optax
 
     def step(params, opt_state, batch: Batch):
@@ -58,11 +68,7 @@ def make_train_step(module, optimizer, mesh=None):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    if mesh is None:
-        return jax.jit(step, donate_argnums=(0, 1))
-    replicated, split = data_shardings(mesh)
-    return jax.jit(step, in_shardings=(replicated, replicated, split),
-                   out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
+    return step
 
 
 def data_shardings(mesh):
