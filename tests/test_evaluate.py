@@ -73,19 +73,43 @@ def test_benchmark_protocol_shaves_s_and_uses_luma():
     assert psnr(pred, hr, 3, "benchmark") != psnr(pred, hr, 3, "div2k")
 
 
-def test_eval_command(tmp_path, capsys):
+def _independent_liif_psnr(hr_u8, scale, model):
+    """The protocol written out again, without liif_jax.evaluate: top-left crop to a multiple
+    of the scale, PIL bicubic LR, LIIF at the crop's size through the public API (float,
+    clamped), MSE over RGB with scale + 6 pixels shaved, -10 log10."""
+    import math
+
+    from PIL import Image
+
+    import liif_jax
+
+    h_lr, w_lr = int(hr_u8.shape[0] / scale + 1e-9), int(hr_u8.shape[1] / scale + 1e-9)
+    crop = hr_u8[:round(h_lr * scale), :round(w_lr * scale)]
+    lr = np.asarray(Image.fromarray(crop).resize((w_lr, h_lr), Image.BICUBIC))
+    pred = liif_jax.upscale(lr, size=(crop.shape[1], crop.shape[0]), model=model)
+    shave = int(round(scale)) + 6
+    err = (np.clip(pred, 0, 1).astype(np.float64) - crop / 255.0)[shave:-shave, shave:-shave]
+    return -10 * math.log10(float(np.mean(err ** 2)))
+
+
+def test_eval_command(tmp_path, capsys, real_model):
     from PIL import Image
 
     data = tmp_path / "photos"
     data.mkdir()
-    Image.fromarray(photo("chelsea")[:96, :128]).save(data / "cat.png")
+    images = {"cat.png": photo("chelsea")[:96, :128], "mug.png": photo("coffee")[100:190, 200:310]}
+    for name, img in images.items():
+        Image.fromarray(img).save(data / name)
     out = tmp_path / "r.json"
     assert main(["eval", "--data", str(data), "--scales", "2,3", "--json", str(out), "-q"]) == 0
     table = capsys.readouterr().out
-    assert "| cat.png | x2 |" in table and "| cat.png | x3 |" in table
     records = json.loads(out.read_text())
-    assert [set(r) for r in records] == [{"image", "scale", "psnr", "psnr_bicubic", "ssim", "ssim_bicubic"}] * 2
+    assert [set(r) for r in records] == [{"image", "scale", "psnr", "psnr_bicubic", "ssim", "ssim_bicubic"}] * 4
     assert all(r["psnr"] > r["psnr_bicubic"] for r in records)
+    for r in records:
+        expected = _independent_liif_psnr(images[r["image"]], r["scale"], real_model)
+        assert abs(r["psnr"] - expected) <= 1e-6, r
+        assert f"| {r['image']} | x{r['scale']:g} | {expected:.4f} |" in table, table
     assert main(["eval", "--data", str(tmp_path / "none"), "--scales", "2"]) == 2
 
 
