@@ -7,26 +7,37 @@ Python 2.7). Standard library only, in the common subset of Python 2.7 and 3.
                                             progress=lambda fraction: ...,
                                             cancelled=lambda: False)
 
-It first connects to a warm ``liif-jax serve`` (a Unix socket only this user can reach),
-starting one in the background if none runs (unless the config says ``"start_server":
-false``), and falls back to spawning ``liif-jax bridge`` with pipes. Both speak the same
-protocol (liif_jax/bridge/protocol.py): a JSON header line, raw pixels, progress lines, a
-result header and raw pixels, or an error line.
+It first connects to a warm ``liif-jax serve``, starting one in the background if none
+runs, and falls back to spawning ``liif-jax bridge`` with pipes. With ``"start_server":
+false`` in the config it never uses a server, running or not: every call is a one-off
+``liif-jax bridge``. All speak the same protocol (liif_jax/bridge/protocol.py): a JSON
+header line, raw pixels, progress lines, a result header and raw pixels, or an error line.
+
+The server is reached through one of two transports (the rules of
+liif_jax/bridge/transport.py, kept in step by tests): ``unix``, a Unix socket only this user
+can reach (default on Linux and macOS), or ``connection``, ``multiprocessing.connection``
+with the auth key and address the server wrote to ``endpoint.json`` in the user's runtime
+folder (default on Windows, where it is a named pipe). ``$LIIF_JAX_TRANSPORT`` picks one.
 
 Where liif-jax lives: ``$LIIF_JAX_PYTHON`` (an interpreter with liif-jax installed), else the
 ``python`` entry of ``liif_jax_gimp.json`` beside the plug-in, written by
 ``liif-jax gimp install``.
 """
 
+import binascii
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 
 PROTOCOL = 1
 CONFIG_NAME = "liif_jax_gimp.json"
 SERVER_START_TIMEOUT_S = 90.0
+ENDPOINT_NAME = "endpoint.json"
+CHUNK = 1 << 20  # bytes per message on a multiprocessing connection
+HANDSHAKE_TIMEOUT_S = 10.0
 INSTALL_HINT = ("install it with 'pip install liif-jax' (or from its source folder) and run "
                 "'liif-jax gimp install'")
 
@@ -64,14 +75,27 @@ def channels_for(bytes_per_pixel_channels, has_alpha):
 
 
 def socket_path():
-    """The same rules as liif_jax.bridge.server.socket_path (kept in step by a test)."""
+    """The same rules as liif_jax.bridge.transport.socket_path (kept in step by a test)."""
     explicit = os.environ.get("LIIF_JAX_SOCKET")
     if explicit:
         return explicit
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         return os.path.join(runtime, "liif-jax", "worker.sock")
+    if os.name == "nt":
+        local = os.environ.get("LOCALAPPDATA") or os.path.join(os.path.expanduser("~"), "AppData", "Local")
+        return os.path.join(local, "liif-jax", "worker.sock")
     return os.path.join("/tmp", "liif-jax-%d" % os.getuid(), "worker.sock")
+
+
+def endpoint_path():
+    """The connection transport's endpoint file: beside the socket path."""
+    return os.path.join(os.path.dirname(socket_path()), ENDPOINT_NAME)
+
+
+def transport_name():
+    """"unix" or "connection": $LIIF_JAX_TRANSPORT, else "connection" on Windows."""
+    return os.environ.get("LIIF_JAX_TRANSPORT") or ("connection" if os.name == "nt" else "unix")
 
 
 def read_config(folder):
@@ -143,10 +167,24 @@ class _PipeChannel(object):
             pass
 
 
-class _SocketChannel(object):
-    """A connection to a warm ``liif-jax serve``."""
+class _ServerChannel(object):
+    """A connection to a warm ``liif-jax serve`` (subclasses open it)."""
 
     kind = "server"
+
+    def cancel(self):
+        try:
+            self.wfile.write(_header({"op": "cancel"}))
+            self.wfile.flush()
+        except (IOError, OSError):
+            pass
+
+    def failure(self):
+        return "the liif-jax server closed the connection"
+
+
+class _SocketChannel(_ServerChannel):
+    """The unix transport: a Unix stream socket only this user can reach."""
 
     def __init__(self, path):
         import socket
@@ -160,22 +198,122 @@ class _SocketChannel(object):
         self.rfile = self.sock.makefile("rb")
         self.wfile = self.sock.makefile("wb")
 
-    def cancel(self):
-        try:
-            self.wfile.write(_header({"op": "cancel"}))
-            self.wfile.flush()
-        except (IOError, OSError):
-            pass
-
-    def failure(self):
-        return "the liif-jax server closed the connection"
-
     def close(self):
         for f in (self.wfile, self.rfile, self.sock):
             try:
                 f.close()
             except (IOError, OSError):
                 pass
+
+
+class _ConnReader(object):
+    """Messages from a multiprocessing Connection read as one byte stream (readline, read)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.buf = bytearray()
+        self.eof = False
+
+    def _more(self):
+        if self.eof:
+            return False
+        try:
+            self.buf += self.conn.recv_bytes()
+        except (EOFError, IOError, OSError):
+            self.eof = True
+            return False
+        return True
+
+    def _take(self, n):
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def readline(self):
+        searched = 0
+        while True:
+            end = self.buf.find(b"\n", searched)
+            if end >= 0:
+                return self._take(end + 1)
+            searched = len(self.buf)
+            if not self._more():
+                return self._take(len(self.buf))
+
+    def read(self, n):
+        while len(self.buf) < n and self._more():
+            pass
+        return self._take(min(n, len(self.buf)))
+
+    def close(self):
+        pass
+
+
+class _ConnWriter(object):
+    """write() sends at once, in messages of at most CHUNK bytes."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def write(self, data):
+        for start in range(0, len(data), CHUNK):
+            self.conn.send_bytes(data, start, min(CHUNK, len(data) - start))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _read_endpoint(path):
+    """(family, address, authkey) from the server's endpoint file; raises on any problem."""
+    with open(path) as f:
+        endpoint = json.load(f)
+    family, address = str(endpoint["family"]), endpoint["address"]
+    if not isinstance(address, str):  # Python 2: the json module gives unicode
+        address = address.encode(sys.getfilesystemencoding() or "utf-8")
+    return family, address, binascii.unhexlify(endpoint["authkey"].encode("ascii"))
+
+
+class _ConnectionChannel(_ServerChannel):
+    """The connection transport: multiprocessing.connection (a named pipe on Windows),
+    authenticated with the key from the server's endpoint file."""
+
+    def __init__(self, path):
+        from multiprocessing import connection
+
+        family, address, authkey = _read_endpoint(path)
+        conn = connection.Client(address, family)
+        try:
+            # What Client(address, family, authkey=...) does, but a server that does not start
+            # the handshake (wedged) sends us to the one-off worker instead of hanging GIMP.
+            if not conn.poll(HANDSHAKE_TIMEOUT_S):
+                raise IOError("the liif-jax server at %s does not answer" % address)
+            connection.answer_challenge(conn, authkey)
+            connection.deliver_challenge(conn, authkey)
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+        self.rfile = _ConnReader(self.conn)
+        self.wfile = _ConnWriter(self.conn)
+
+    def close(self):
+        try:
+            self.conn.close()
+        except (IOError, OSError):
+            pass
+
+
+def _connect_errors():
+    """What opening a server channel may raise when no usable server is there."""
+    errors = [IOError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, ImportError]
+    try:
+        from multiprocessing import AuthenticationError
+        errors.append(AuthenticationError)
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 def _header(message):
@@ -191,6 +329,21 @@ def _log_timing(started, event, kind):
         return
     record = {"wall_s": round(time.time() - started, 4), "compute_s": event.get("compute_s", 0.0),
               "channel": kind, "width": event.get("width"), "height": event.get("height")}
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except (IOError, OSError):
+        pass
+
+
+def _log_event(record):
+    """With $LIIF_JAX_EVENTS set, append one JSON line per worker event (payloads left out)
+    and per connection: a diagnostic of what liif-jax said, read by the real-GIMP tests."""
+    path = os.environ.get("LIIF_JAX_EVENTS")
+    if not path:
+        return
+    record = dict((k, v) for k, v in record.items() if k != "liif")
+    record["t"] = round(time.time(), 4)
     try:
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -229,24 +382,31 @@ class BridgeClient(object):
 
     # -------------------------------------------------------------- connecting
     def _connect(self, status):
-        """A channel: the warm server if it runs (or can be started), else a subprocess."""
-        if os.name == "posix" and not self.weights:
-            path = socket_path()
+        """A channel: the warm server if it runs (or can be started), else a subprocess.
+        Custom weights, or ``start_server`` off, always get a one-off subprocess."""
+        if self.start_server and not self.weights:
+            errors = _connect_errors()
+            if transport_name() == "connection":
+                def open_server():
+                    return _ConnectionChannel(endpoint_path())
+            else:
+                def open_server():
+                    return _SocketChannel(socket_path())
             try:
-                return _SocketChannel(path)
-            except (IOError, OSError):
+                return open_server()
+            except errors:
                 pass
-            server = self._spawn_server(status) if self.start_server else None
+            server = self._spawn_server(status)
             if server is not None:
                 deadline = time.time() + SERVER_START_TIMEOUT_S
                 while time.time() < deadline and server.poll() is None:
                     try:
-                        return _SocketChannel(path)
-                    except (IOError, OSError):
+                        return open_server()
+                    except errors:
                         time.sleep(0.25)
                 try:  # it may have found another server already listening and exited
-                    return _SocketChannel(path)
-                except (IOError, OSError):
+                    return open_server()
+                except errors:
                     self.log("liif-jax server did not come up; using a one-off worker")
         return _PipeChannel(self.python, self.weights)
 
@@ -262,9 +422,15 @@ class BridgeClient(object):
         except (IOError, OSError):
             return None
         try:
-            kwargs = {"stdin": open(os.devnull, "rb"), "stdout": log, "stderr": log, "close_fds": True}
+            kwargs = {"stdin": open(os.devnull, "rb"), "stdout": log, "stderr": log}
             if os.name == "posix":
+                kwargs["close_fds"] = True
                 kwargs["preexec_fn"] = os.setsid  # detached: outlives this plug-in call
+            elif os.name == "nt":
+                # CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW: no console, no Ctrl+C from ours.
+                kwargs["creationflags"] = 0x00000200 | 0x08000000
+                if sys.version_info >= (3, 7):  # Python 2 cannot close fds with redirections here
+                    kwargs["close_fds"] = True
             return subprocess.Popen([self.python, "-m", "liif_jax", "serve"], **kwargs)
         except (IOError, OSError) as exc:
             self.log("cannot start the liif-jax server: %s" % exc)
@@ -291,6 +457,8 @@ class BridgeClient(object):
         started = time.time()
         channel = self._connect(status)
         self.last_channel = channel.kind
+        _log_event({"event": "channel", "kind": channel.kind, "client_pid": os.getpid(),
+                    "worker_pid": getattr(getattr(channel, "proc", None), "pid", None)})
         try:
             try:
                 channel.wfile.write(_header(request))
@@ -309,6 +477,7 @@ class BridgeClient(object):
                 except ValueError:
                     raise BridgeError("liif-jax worker sent something unreadable: %r" % line[:80])
                 kind = event.get("event")
+                _log_event(event)
                 if kind == "progress":
                     total = float(event.get("total") or 1)
                     progress(min(1.0, event.get("done", 0) / total))

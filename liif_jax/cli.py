@@ -85,9 +85,12 @@ that cannot import JAX can use it.
 
 SERVE_HELP = """\
 Keep the model loaded and compiled behind a Unix socket that only you can reach (mode 0600,
-in $XDG_RUNTIME_DIR/liif-jax/ or /tmp/liif-jax-UID/; $LIIF_JAX_SOCKET overrides). Each
-connection speaks the 'liif-jax bridge' protocol. Exits after --idle-timeout seconds without
-a connection. The GIMP plug-in starts it on first use, so later upscales start at once.
+in $XDG_RUNTIME_DIR/liif-jax/ or /tmp/liif-jax-UID/; $LIIF_JAX_SOCKET overrides). On Windows
+it is a named pipe with a random key instead (multiprocessing.connection), named with the key
+in %LOCALAPPDATA%\\liif-jax\\endpoint.json (LIIF_JAX_TRANSPORT=connection: the same, over a
+Unix socket, elsewhere). Each connection speaks the 'liif-jax bridge' protocol. Exits after
+--idle-timeout seconds without a connection. The GIMP plug-in starts it on first use, so later
+upscales start at once.
 """
 
 

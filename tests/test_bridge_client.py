@@ -1,18 +1,21 @@
 """The GIMP plug-ins' bridge client (stdlib, Python 2.7/3 subset) against the real worker:
 subprocess fallback, the warm server it starts, concurrency, cancel, errors, 2.7 syntax."""
 
+import json
 import os
 import stat
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
 
 import liif_jax
 from conftest import REPO, TINY
+from test_bridge_transport import ServerEnv
 
 sys.path.insert(0, str(REPO / "gimp_plugin"))
 import liif_bridge_client as client_mod  # noqa: E402
@@ -22,32 +25,45 @@ def rgba_u8(h=10, w=12, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 4), dtype=np.uint8)
 
 
-@pytest.fixture
-def private_socket(tmp_path, monkeypatch):
-    folder = tmp_path / "run"
-    path = folder / "worker.sock"
-    monkeypatch.setenv("LIIF_JAX_SOCKET", str(path))
-    yield path
-    # Stop a server this test started (it would exit on its own after the idle timeout).
-    subprocess.run(["pkill", "-f", "liif_jax serve"], check=False)
-    for _ in range(50):
-        if not path.exists():
-            break
-        time.sleep(0.1)
+@pytest.fixture(params=["unix", "connection"])
+def server_env(request, monkeypatch):
+    """A private runtime folder (short path: AF_UNIX paths are limited to ~100 bytes) and the
+    transport under test; stops the servers started there afterwards."""
+    env = ServerEnv(request.param)
+    monkeypatch.setenv("LIIF_JAX_SOCKET", str(env.socket))
+    monkeypatch.setenv("LIIF_JAX_TRANSPORT", request.param)
+    yield env
+    env.cleanup()
 
 
 def test_socket_path_rules_match_the_server(monkeypatch):
-    from liif_jax.bridge.server import socket_path
+    from liif_jax.bridge import transport
 
     monkeypatch.delenv("LIIF_JAX_SOCKET", raising=False)
+    monkeypatch.delenv("LIIF_JAX_TRANSPORT", raising=False)
     for runtime in ["/run/user/1000", None]:
         if runtime:
             monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
         else:
             monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
-        assert client_mod.socket_path() == str(socket_path())
+        assert client_mod.socket_path() == str(transport.socket_path())
+        assert client_mod.endpoint_path() == str(transport.endpoint_path())
+    assert client_mod.transport_name() == transport.transport_name() == "unix"
     monkeypatch.setenv("LIIF_JAX_SOCKET", "/x/y.sock")
-    assert client_mod.socket_path() == str(socket_path()) == "/x/y.sock"
+    assert client_mod.socket_path() == str(transport.socket_path()) == "/x/y.sock"
+    assert client_mod.endpoint_path() == str(transport.endpoint_path()) == "/x/endpoint.json"
+    monkeypatch.setenv("LIIF_JAX_TRANSPORT", "connection")
+    assert client_mod.transport_name() == transport.transport_name() == "connection"
+    # Windows: the per-user local app data folder, and the connection transport by default.
+    monkeypatch.delenv("LIIF_JAX_SOCKET")
+    monkeypatch.delenv("LIIF_JAX_TRANSPORT")
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("LOCALAPPDATA", "/users/me/AppData/Local")
+    monkeypatch.setattr(transport, "Path", PurePosixPath)  # pathlib cannot make a WindowsPath here
+    monkeypatch.setattr(os, "name", "nt")
+    assert client_mod.socket_path() == str(transport.socket_path()) == "/users/me/AppData/Local/liif-jax/worker.sock"
+    assert client_mod.transport_name() == transport.transport_name() == "connection"
+    assert transport.connection_family() == "AF_PIPE"
 
 
 def test_subprocess_fallback_round_trip_with_weights(tiny_model):
@@ -94,7 +110,7 @@ def test_cancel_through_the_subprocess():
     assert time.monotonic() - start < 60
 
 
-def test_warm_server_started_on_first_use_then_reused(private_socket, real_model):
+def test_warm_server_started_on_first_use_then_reused(server_env, real_model):
     client = client_mod.BridgeClient(sys.executable)
     statuses = []
     pixels = rgba_u8(16, 16)
@@ -104,9 +120,21 @@ def test_warm_server_started_on_first_use_then_reused(private_socket, real_model
     first = time.monotonic() - first
     assert kind == "server" and (w, h) == (32, 32)
     assert any("Starting liif-jax" in s for s in statuses)
-    mode = stat.S_IMODE(os.stat(private_socket).st_mode)
-    assert mode == 0o600 and stat.S_ISSOCK(os.stat(private_socket).st_mode)
-    assert stat.S_IMODE(os.stat(private_socket.parent).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(server_env.folder).st_mode) == 0o700
+    if server_env.transport == "unix":
+        st = os.stat(server_env.socket)
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+        assert not server_env.endpoint.exists()
+    else:
+        # The key file: owner-only, a fresh 32-byte key, the address of an AF_UNIX socket
+        # (the family Windows replaces with AF_PIPE), itself 0600; no plain unix socket.
+        assert stat.S_IMODE(os.stat(server_env.endpoint).st_mode) == 0o600
+        endpoint = json.loads(server_env.endpoint.read_text())
+        assert endpoint["family"] == "AF_UNIX" and len(bytes.fromhex(endpoint["authkey"])) == 32
+        address = Path(endpoint["address"])
+        assert address.parent == server_env.folder and address.name.startswith("worker-")
+        assert stat.S_ISSOCK(os.stat(address).st_mode) and stat.S_IMODE(os.stat(address).st_mode) == 0o600
+        assert not server_env.socket.exists()
     expected = liif_jax.upscale(pixels, scale=2.0, model=real_model, dtype=np.uint8)
     assert np.abs(np.frombuffer(data, np.uint8).reshape(32, 32, 4).astype(int) - expected).max() <= 1
     # Twenty more in a row: no restart, no reload (each far faster than the first).
@@ -117,17 +145,23 @@ def test_warm_server_started_on_first_use_then_reused(private_socket, real_model
         assert kind == "server"
         assert time.monotonic() - t < first
     assert sum("Starting liif-jax" in s for s in statuses) == 1
+    assert len(server_env.server_pids()) == 1
 
 
-def test_two_clients_at_once(private_socket):
+def test_two_clients_at_once(server_env):
     client = client_mod.BridgeClient(sys.executable)
     client.upscale(16, 16, "RGBA", "u8", rgba_u8(16, 16).tobytes(), scale=2.0)  # starts it
     results, errors = {}, []
+    inside = threading.Barrier(2, timeout=120)
 
     def one(i):
         try:
+            def progress(fraction):  # both requests are in the server at the same time
+                if fraction < 1.0 and not getattr(progress, "met", False):
+                    progress.met = True
+                    inside.wait()
             results[i] = client_mod.BridgeClient(sys.executable).upscale(
-                20, 18, "RGBA", "u8", rgba_u8(18, 20, i).tobytes(), scale=1.5)
+                40, 36, "RGBA", "u8", rgba_u8(36, 40, i).tobytes(), scale=3.0, progress=progress)
         except Exception as exc:  # collected for the assertion below
             errors.append(exc)
 
@@ -135,9 +169,35 @@ def test_two_clients_at_once(private_socket):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(120)
+        t.join(180)
     assert not errors
-    assert all(results[i][4] == "server" and results[i][:2] == (30, 27) for i in range(2))
+    assert all(results[i][4] == "server" and results[i][:2] == (120, 108) for i in range(2))
+    assert results[0][2] != results[1][2]  # each got its own image back
+    assert len(server_env.server_pids()) == 1
+
+
+def test_start_server_false_never_uses_a_running_server(server_env, tiny_model):
+    """``"start_server": false`` means a one-off worker every time: it neither starts a server
+    nor uses one that is already running."""
+    running = client_mod.BridgeClient(sys.executable)
+    assert running.upscale(12, 10, "RGBA", "u8", rgba_u8().tobytes(), scale=2.0)[4] == "server"
+    assert server_env.server_pids()
+    config = server_env.folder.parent / "plugin"
+    config.mkdir()
+    (config / client_mod.CONFIG_NAME).write_text(json.dumps({"python": sys.executable, "start_server": False}))
+    off = client_mod.BridgeClient.from_config(str(config))
+    assert off.start_server is False
+    statuses = []
+    pixels = rgba_u8()
+    w, h, data, _, kind = off.upscale(12, 10, "RGBA", "u8", pixels.tobytes(), scale=2.0, status=statuses.append)
+    assert kind == "subprocess" and (w, h) == (24, 20)
+    assert not any("Starting" in s for s in statuses)
+    # Custom weights: never the server either (it serves the bundled ones).
+    custom = client_mod.BridgeClient(sys.executable, weights=str(TINY / "tiny-liif.pth"))
+    w, h, data, _, kind = custom.upscale(12, 10, "RGBA", "u8", pixels.tobytes(), scale=2.0)
+    assert kind == "subprocess"
+    expected = liif_jax.upscale(pixels, scale=2.0, model=tiny_model, dtype=np.uint8)
+    assert np.abs(np.frombuffer(data, np.uint8).reshape(20, 24, 4).astype(int) - expected).max() <= 1
 
 
 def test_plugin_files_parse_as_python_27():

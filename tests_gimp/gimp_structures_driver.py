@@ -6,40 +6,16 @@ import json
 import os
 import struct
 
-from gi.repository import Gegl, Gimp, Gio
+from gi.repository import Gimp, Gio
+
+import sys
+
+sys.path.insert(0, "/liif-work/liif-test")  # gimp_helpers.py, copied there by the tests
+from gimp_helpers import dump, put, raw, run_plugin as run  # noqa: E402
 
 NI = Gimp.RunMode.NONINTERACTIVE
 OUT = os.environ["LIIF_TEST_OUT"]
 report = {}
-
-
-def raw(drawable, fmt):
-    rect = Gegl.Rectangle.new(0, 0, drawable.get_width(), drawable.get_height())
-    return bytes(drawable.get_buffer().get(rect, 1.0, fmt, Gegl.AbyssPolicy.CLAMP))
-
-
-def put(drawable, fmt, data):
-    buf = drawable.get_buffer()
-    buf.set(Gegl.Rectangle.new(0, 0, drawable.get_width(), drawable.get_height()), fmt, data)
-    buf.flush()
-    drawable.update(0, 0, drawable.get_width(), drawable.get_height())
-
-
-def dump(name, data):
-    with open(os.path.join(OUT, name), "wb") as f:
-        f.write(data)
-
-
-def run(image, scale):
-    proc = Gimp.get_pdb().lookup_procedure("python-fu-liif-upscale")
-    config = proc.create_config()
-    config.set_property("run-mode", NI)
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", image.get_selected_drawables())
-    config.set_property("scale", scale)
-    result = proc.run(config)
-    message = str(result.index(1)) if result.index(0) != Gimp.PDBStatusType.SUCCESS and result.length() > 1 else ""
-    return result.index(0).value_nick, message
 
 
 def describe(layers):

@@ -3,14 +3,21 @@
 
     LIIF_GIMP_INSTALL_SRC=$PWD bash .ci/gimp/build_chroot.sh && .venv/bin/python -m pytest tests_gimp
 
-Each test runs gimp-console-3.0 with tests_gimp/gimp_driver.py and checks what it exported.
+Each test runs gimp-console-3.0 with a driver of this folder (gimp_driver.py: sizes, pixels,
+new-image, broken workers; gimp_structures_driver.py: groups, masks, 16-bit, gray, indexed;
+gimp_text_precision_driver.py: text layers, half/u32/float; gimp_cancel_driver.py: Cancel)
+and checks what it reported and exported; test_cancel_button_in_gui_gimp runs GUI GIMP under
+Xvfb (gui_cancel.sh) and clicks the real Cancel button.
 """
 
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +46,7 @@ def work():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     folder.chmod(0o777)
+    shutil.copy(Path(__file__).parent / "gimp_helpers.py", folder)  # the drivers import it
     rgb = Image.open(DEV / "in_chelsea_32x32.png").convert("RGB")
     rgb.save(folder / "in_rgb.png")
     rgba = np.asarray(Image.open(DEV / "in_coffee_40x24.png").convert("RGBA")).copy()
@@ -55,16 +63,63 @@ def work():
                      "sys.stderr.write('simulated crash of the worker\\n')\n"
                      "sys.exit(3)\n")
     crash.chmod(0o755)
+    shutil.copy(DEV / "in_astronaut_48x48.png", folder / "in_cancel.png")
     return folder
 
 
-def plugin_dir(tmp_path, python):
+def plugin_dir(tmp_path, python, start_server=False):
     folder = tmp_path / "plugins" / "liif_upscale"
     folder.mkdir(parents=True)
     shutil.copy(REPO / "gimp_plugin" / "liif_upscale" / "liif_upscale.py", folder)
     shutil.copy(REPO / "gimp_plugin" / "liif_bridge_client.py", folder)
-    (folder / "liif_jax_gimp.json").write_text(json.dumps({"python": python, "start_server": False}))
+    (folder / "liif_jax_gimp.json").write_text(json.dumps({"python": python, "start_server": start_server}))
     return folder
+
+
+def run_driver(driver, plugins, **env):
+    """Run tests_gimp/DRIVER in headless GIMP with the plug-in folder ``plugins``."""
+    return subprocess.run(["bash", str(REPO / ".ci" / "gimp" / "run_gimp_batch.sh"),
+                           str(Path(__file__).parent / driver), str(plugins)],
+                          env=dict(os.environ, LIIF_GIMP_CHROOT=str(ROOT), **env),
+                          capture_output=True, text=True, timeout=900)
+
+
+class ChrootServer:
+    """``liif-jax serve`` inside the chroot on a private socket under /liif-work (the plug-in
+    reaches it through LIIF_JAX_SOCKET), started and stopped by the test, by its pid."""
+
+    def __init__(self, work, name, transport="unix"):
+        self.transport = transport
+        self.folder = work / name  # host path; inside the chroot: WORK_IN/name
+        self.socket_in = f"{WORK_IN}/{name}/run/worker.sock"
+        self.log = work / f"{name}.log"
+        self.proc = None
+
+    def start(self):
+        cmd = ["chroot", str(ROOT), "/usr/bin/env", "-i", "PATH=/usr/bin:/bin", "HOME=/root", "LANG=C.UTF-8",
+               f"LIIF_JAX_SOCKET={self.socket_in}", f"LIIF_JAX_TRANSPORT={self.transport}", VENV_PYTHON,
+               "-m", "liif_jax", "serve", "--idle-timeout", "900"]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)  # chroot and env exec: pid = server's
+        deadline = time.monotonic() + 180
+        while "listening at" not in self.log.read_text():
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        return self
+
+    def env(self):
+        """What the plug-in (under GIMP) needs to find this server."""
+        return {"LIIF_JAX_SOCKET": self.socket_in, "LIIF_JAX_TRANSPORT": self.transport}
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def run_gimp(tmp_path, work, cases, python=VENV_PYTHON):
@@ -198,3 +253,149 @@ def test_groups_offsets_masks_16bit_gray_and_indexed(tmp_path, work):
     assert ix["status"] != "success"
     if ix["status"] == "execution-error":
         assert "Image > Mode > RGB" in ix["message"]
+
+
+def check_cancel_report(report, mode, server):
+    w = report["watcher"]
+    assert w["progress_seen"] and w["plugin_cmdline_ok"] and w["plugin_is_sibling"], report
+    assert w["channel"] == ("subprocess" if mode == "bridge" else "server") and w["worker_is_bridge_child"]
+    assert w["worker_cpu_before"] > 0.3, report  # it was computing when the plug-in died (~1-2 cores)
+    assert w["stopped_after_s"] is not None and w["stopped_after_s"] <= 3.0, report
+    # GIMP saw its plug-in end; nothing was changed, nothing left behind.
+    assert report["status"] != "success"
+    assert report["size_after"] == [48, 48] and report["pixels_unchanged"] and report["layers_after"] == 1
+    assert report["stray_images"] == 0
+    if mode == "bridge":
+        assert not w["worker_alive_after"]
+    else:
+        assert w["worker_alive_after"] and server.proc.poll() is None
+        assert report["next_status"] == "success" and report["next_channel"] == ["server"]
+        assert report["next_size"] == [64, 64] and report["next_s"] < 10
+
+
+def cancel_env(name, mode, server, cancel):
+    env = {"LIIF_TEST_MODE": mode, "LIIF_TEST_CANCEL": cancel, "LIIF_TEST_INPUT": f"{WORK_IN}/in_cancel.png",
+           "LIIF_TEST_SCALE": "30", "LIIF_TEST_SMALL": f"{WORK_IN}/in_rgb.png",
+           "LIIF_TEST_REPORT": f"{WORK_IN}/{name}.json", "LIIF_JAX_EVENTS": f"{WORK_IN}/{name}-events.jsonl"}
+    if server:
+        env.update(LIIF_TEST_SERVER_PID=str(server.proc.pid), **server.env())
+    return env
+
+
+@pytest.mark.parametrize("mode", ["bridge", "server"])
+def test_cancel_kills_the_plugin_and_liif_jax_stops_at_once(tmp_path, work, mode):
+    """GIMP's Cancel on a plug-in's progress kills the plug-in (gimp_plug_in_close with
+    kill_it: GP_QUIT, 10 ms, SIGKILL). Emulated in headless GIMP (gimp_cancel_driver.py) at
+    the first progress liif-jax reports on a long job: the worker stops computing within a
+    few seconds (the one-off bridge exits; the warm server goes idle and serves the next
+    call at once), the image is exactly as before, and no stray image is left in GIMP."""
+    name = f"cancel-{mode}"
+    server = ChrootServer(work, name).start() if mode == "server" else None
+    try:
+        proc = run_driver("gimp_cancel_driver.py", plugin_dir(tmp_path, VENV_PYTHON, start_server=mode == "server"),
+                          **cancel_env(name, mode, server, "kill"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = json.loads((work / f"{name}.json").read_text())
+        assert report["message"] == "Procedure 'python-fu-liif-upscale' returned no return values"
+        check_cancel_report(report, mode, server)
+    finally:
+        if server:
+            server.stop()
+
+
+def test_cancel_button_in_gui_gimp(tmp_path, work):
+    """The real thing: GUI GIMP under Xvfb shows the plug-in's progress in the image window's
+    status bar; gui_cancel.sh clicks its Cancel button while liif-jax computes. GIMP answers
+    CANCEL ("Cancelled") and kills the plug-in; the warm server stops the job at once and
+    serves the next call; the image is untouched."""
+    name, mode = "gui-cancel", "server"
+    files = work / name
+    files.mkdir(exist_ok=True)
+    files.chmod(0o777)
+    for f in ("gui_cancel.sh", "gui_session.sh", "gimp_cancel_driver.py"):
+        shutil.copy(Path(__file__).parent / f, files / f)
+    homes = ROOT / "tmp" / "gimp-homes"
+    homes.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="gui-cancel.", dir=homes))
+    shutil.copytree(ROOT / "opt" / "gimp-home-template", home, symlinks=True, dirs_exist_ok=True)
+    shutil.copytree(plugin_dir(tmp_path, VENV_PYTHON, start_server=True),
+                    home / ".config" / "GIMP" / "3.0" / "plug-ins" / "liif_upscale")
+    (home / ".config" / "GIMP" / "3.0" / "plug-ins" / "liif_upscale" / "liif_upscale.py").chmod(0o755)
+    server = ChrootServer(work, name + "-server").start()
+    try:
+        env = ["PATH=/usr/local/bin:/usr/bin:/bin"] + [f"{k}={v}" for k, v in
+                                                       cancel_env(name, mode, server, "gui").items()]
+        proc = subprocess.run(["timeout", "-k", "10", "300", "chroot", str(ROOT), "/usr/bin/env", "-i", *env,
+                               f"{WORK_IN}/{name}/gui_cancel.sh", f"{WORK_IN}/{name}",
+                               "/" + str(home.relative_to(ROOT)), f"{WORK_IN}/{name}/gimp_cancel_driver.py"],
+                              capture_output=True, text=True, timeout=330)
+        assert proc.returncode == 0, proc.stdout[-2000:] + (files / "gimp.log").read_text()[-3000:]
+        report = json.loads((work / f"{name}.json").read_text())
+        assert report["status"] == "cancel" and report["message"] == "Cancelled", report
+        check_cancel_report(report, mode, server)
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_text_layer_and_half_u32_float_precisions(tmp_path, work):
+    """(a) A text layer is upscaled as pixels, exactly as Image > Scale Image treats it (size,
+    offsets, no longer an editable text layer), with liif-jax's pixels. (b) half, u32 and
+    float images (linear and non-linear) keep their precision, travel as float (not 8 or 16
+    bits) and agree with liif-jax's own upscale of the same pixels. Served by a warm server on
+    the connection transport (multiprocessing.connection with its key file, AF_UNIX here)."""
+    out = work / "textprec"
+    out.mkdir(exist_ok=True)
+    out.chmod(0o777)
+    server = ChrootServer(work, "textprec-server", transport="connection").start()
+    try:
+        proc = run_driver("gimp_text_precision_driver.py", plugin_dir(tmp_path, VENV_PYTHON, start_server=True),
+                          LIIF_GIMP_FONTS="1", LIIF_TEST_OUT=f"{WORK_IN}/textprec",
+                          LIIF_TEST_RGB=f"{WORK_IN}/in_rgb.png",
+                          LIIF_JAX_EVENTS=f"{WORK_IN}/textprec/events.jsonl", **server.env())
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        endpoint = server.folder / "run" / "endpoint.json"
+        assert stat.S_IMODE(endpoint.stat().st_mode) == 0o600
+    finally:
+        server.stop()
+    report = json.loads((out / "report.json").read_text())
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in events if e["event"] == "channel"] == ["server"] * 6  # 2 layers + 4 images
+    model = liif_jax.load_model()
+
+    # (a) text layer
+    t = report["text"]
+    assert t["status"] == "success" and t["image"] == [80, 80] and t["layers"] == 2
+    assert t["before"]["is_text_layer"] and t["before"]["offsets"] == [3, 5]
+    assert t["after"] == t["scale_image"]  # text-ness, size, offsets, alpha: as Scale Image gives
+    assert t["after"]["is_text_layer"] is False  # a pixel layer now (GIMP: a "modified" text layer)
+    assert all(abs(a - 2.5 * b) <= 0.5 for a, b in zip(t["after"]["offsets"] + t["after"]["size"],
+                                                          t["before"]["offsets"] + t["before"]["size"]))
+    w0, h0 = t["before"]["size"]
+    w1, h1 = t["after"]["size"]
+    before = np.frombuffer((out / "text_before.raw").read_bytes(), np.uint8).reshape(h0, w0, 4)
+    after = np.frombuffer((out / "text_after.raw").read_bytes(), np.uint8).reshape(h1, w1, 4)
+    assert before[..., 3].min() == 0 and before[..., 3].max() == 255  # real glyphs on transparency
+    expected = liif_jax.upscale(before, size=(w1, h1), model=model, precision="float32", dtype=np.uint8)
+    assert np.abs(after.astype(int) - expected).max() <= 1
+
+    # (b) precisions
+    # (max, mean) absolute error. Measured: half 2.4e-4 / 7e-5 (half's own rounding); u32 and
+    # float linear ~5e-7 / 2e-7 (babl's TRC round trip); float non-linear exact. Moving pixels
+    # as u16 would give means ~4e-6, as u8 ~1e-3.
+    tolerance = {"half_rgba": (5e-4, 1.5e-4), "u32_rgb": (5e-6, 1e-6), "float_rgb": (5e-6, 1e-6),
+                 "float_gray": (1e-5, 1e-6)}
+    results = [e for e in events if e["event"] == "result"]
+    assert [e["format"] for e in results[2:]] == ["f32"] * 4  # moved as float, never 8/16 bits
+    for name, (max_err, mean_err) in tolerance.items():
+        r = report[name]
+        assert r["status"] == "success" and r["image"] == [40, 32], (name, r)
+        assert r["precision_after"] == r["precision_before"], (name, r)
+        c = r["channels"]
+        before = np.frombuffer((out / f"{name}_before.raw").read_bytes(), "<f4").reshape(16, 20, c)
+        after = np.frombuffer((out / f"{name}_after.raw").read_bytes(), "<f4").reshape(32, 40, c)
+        expected = liif_jax.upscale(before[..., 0] if c == 1 else before, size=(40, 32), model=model,
+                                    precision="float32").reshape(32, 40, c)
+        err = np.abs(after.astype(np.float64) - expected)
+        print(f"{name} ({r['precision_before']}): max {err.max():.2e} mean {err.mean():.2e}")
+        assert err.max() <= max_err and err.mean() <= mean_err, (name, err.max(), err.mean())

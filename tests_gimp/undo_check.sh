@@ -113,26 +113,11 @@ cat > "$WORK/inner.sh" <<'SH'
 #!/bin/bash
 set -u
 W=$1; H=$2; WAIT=$3
-export HOME=$H XDG_CONFIG_HOME=$H/.config XDG_CACHE_HOME=$H/.cache XDG_DATA_HOME=$H/.local/share
-export LANG=C.UTF-8 TMPDIR=/tmp LIIF_UNDO_WORK=$W LIIF_UNDO_WAIT=$WAIT
+export LIIF_UNDO_WORK=$W LIIF_UNDO_WAIT=$WAIT
 # no socket here: the plug-in spawns its own one-off worker (never a warm server of others)
 export LIIF_JAX_SOCKET=$W/no-server/worker.sock
-XPID=""; GPID=""
-cleanup() {
-  if [ -n "$GPID" ]; then kill -TERM -- "-$GPID" 2>/dev/null; sleep 1; kill -KILL -- "-$GPID" 2>/dev/null; fi
-  if [ -n "$XPID" ]; then kill -TERM "$XPID" 2>/dev/null; fi
-  wait 2>/dev/null
-}
-trap cleanup EXIT
-trap 'exit 3' INT TERM
-Xvfb -displayfd 3 -screen 0 1280x860x24 -nolisten tcp 3>"$W/displayno" >"$W/xvfb.log" 2>&1 & XPID=$!
-for i in $(seq 100); do [ -s "$W/displayno" ] && break; sleep 0.1; done
-[ -s "$W/displayno" ] || { echo "Xvfb did not start"; exit 2; }
-export DISPLAY=":$(cat "$W/displayno")"
-# own process group: GIMP, its plug-ins and the liif-jax worker are killed together
-setsid gimp-3.0 -df --no-splash --batch-interpreter=python-fu-eval -b - <"$W/driver.py" >"$W/gimp.log" 2>&1 &
-GPID=$!
-shot() { xwd -root -silent | convert xwd:- "$W/$1.png" 2>/dev/null; }
+source "$W/gui_session.sh"
+gui_session "$W" "$H" "$W/driver.py"
 for i in $(seq 1800); do    # up to 180 s: GIMP start + liif-jax (JAX import, model, compile)
   [ -f "$W/upscaled.json" ] && break
   kill -0 "$GPID" 2>/dev/null || { echo "GIMP exited before the upscale finished"; exit 2; }
@@ -142,10 +127,7 @@ done
 grep -q '"status": "success"' "$W/upscaled.json" || { echo "upscale failed"; exit 2; }
 sleep 0.5
 shot screen_upscaled
-win() { xdotool search --onlyvisible --name "$1" 2>/dev/null | head -1; }
-WEL=$(win 'Welcome to GIMP'); [ -n "$WEL" ] && xdotool windowclose "$WEL"
-G=$(win '– GIMP')
-[ -n "$G" ] || { echo "image window not found"; exit 2; }
+image_window
 echo "image window $G: $(xdotool getwindowname "$G")"
 xdotool windowraise "$G"; xdotool windowfocus "$G"; sleep 0.7
 echo "focused window: $(xdotool getwindowfocus)"
@@ -159,6 +141,7 @@ xdotool windowfocus "$G"; sleep 0.3; xdotool key alt+e; sleep 1.5; shot edit_men
 exit 0
 SH
 chmod 755 "$WORK/inner.sh"
+cp "$REPO/tests_gimp/gui_session.sh" "$WORK/"
 
 echo "undo_check: input $(basename "$INPUT"); running GUI GIMP under Xvfb in $ROOT ..."
 timeout -k 10 $((WAIT_UNDO + 240)) chroot "$ROOT" /usr/bin/env -i \

@@ -22,6 +22,7 @@
 #   LIIF_GIMP_CHROOT   chroot (default /var/tmp/liif-gimp-chroot)
 #   LIIF_GIMP_TIMEOUT  seconds before GIMP is killed (default 600; exit 124)
 #   LIIF_GIMP_KEEP_HOME=1  keep the fake HOME (path printed on stderr)
+#   LIIF_GIMP_FONTS=1  start GIMP with fonts (-id instead of -idf; text layers need them)
 #   LIIF_*             every other LIIF_* variable is passed into the chroot
 #
 # Exit code: GIMP's.  0 = driver ran without exception; with --quit a Python
@@ -79,14 +80,16 @@ ENVV=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.U
       HOME="$HOME_CH" XDG_CONFIG_HOME="$HOME_CH/.config" XDG_CACHE_HOME="$HOME_CH/.cache"
       XDG_DATA_HOME="$HOME_CH/.local/share" TMPDIR=/tmp LIIF_GIMP_WORK=/liif-work)
 for k in $(compgen -e); do
-  case "$k" in LIIF_GIMP_CHROOT|LIIF_GIMP_TIMEOUT|LIIF_GIMP_KEEP_HOME) ;;
+  case "$k" in LIIF_GIMP_CHROOT|LIIF_GIMP_TIMEOUT|LIIF_GIMP_KEEP_HOME|LIIF_GIMP_FONTS) ;;
                LIIF_*) ENVV+=("$k=${!k}");; esac
 done
 
 set +e
+FLAGS=-idf                                   # -f: no fonts (faster start)
+[ "${LIIF_GIMP_FONTS:-0}" = 1 ] && FLAGS=-id  # fonts: text layers need them
 timeout -k 10 "$TIMEOUT" chroot "$ROOT" /usr/bin/env -i "${ENVV[@]}" /bin/sh -c \
-  'cd /liif-work && exec gimp-console-3.0 -idf --quit --batch-interpreter=python-fu-eval -b -' \
-  < "$DRIVER"
+  'cd /liif-work && exec gimp-console-3.0 "$1" --quit --batch-interpreter=python-fu-eval -b -' \
+  sh "$FLAGS" < "$DRIVER"
 rc=$?
 set -e
 exit $rc

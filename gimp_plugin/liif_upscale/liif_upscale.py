@@ -7,15 +7,17 @@ Runs in GIMP's own Python; the upscaling happens in liif-jax, in another interpr
 
 What it does, like Image > Scale Image but with LIIF for every layer:
 1. Work out the new size (``scale`` > 0, else ``width``/``height``, one of them 0 keeping the
-   aspect ratio) and learn the size GIMP gives each layer by scaling a throw-away duplicate.
+   aspect ratio) and learn the size GIMP gives each layer by scaling a throw-away duplicate
+   (deleted at once).
 2. Read each layer's pixels through its Gegl buffer in perceptual R'G'B'(A) or Y'(A) at the
    image's precision (u8, u16; half, u32 and float images travel as float) and have liif-jax
    upscale it to exactly that size. Nothing is changed yet, so a failure or Cancel leaves
-   the image exactly as it was.
-3. Then, in one undo group: scale the image (which scales masks and offsets as GIMP does) and
-   write the LIIF pixels into every layer. With ``new-image`` the duplicate gets the pixels
-   instead, the input stays untouched, and the new image is returned (and displayed when
-   interactive).
+   the image exactly as it was (GIMP's Cancel kills the plug-in; liif-jax then stops the job).
+3. Then, with the progress (and its Cancel) ended, in one undo group: scale the image (which
+   scales masks and offsets as GIMP does; text layers become pixel layers, as with Scale
+   Image) and write the LIIF pixels into every layer. With ``new-image`` a duplicate gets
+   them instead, the input stays untouched, and the new image is returned (and displayed
+   when interactive).
 """
 
 import os
@@ -78,52 +80,80 @@ def _write(layer, babl, data):
     layer.update(0, 0, w, h)
 
 
+def _target_sizes(image, new_w, new_h):
+    """The size Image > Scale Image gives each pixel layer, learned on a throw-away duplicate
+    that is deleted at once (so nothing of ours is left in GIMP while liif-jax computes)."""
+    work = image.duplicate()
+    try:
+        work.undo_disable()
+        work.scale(new_w, new_h)
+        return [(layer.get_width(), layer.get_height()) for layer in _pixel_layers(work.get_layers())]
+    finally:
+        work.delete()
+
+
+def _write_all(image, results):
+    layers = _pixel_layers(image.get_layers())
+    for layer, (babl, data, (w, h)) in zip(layers, results):
+        if (layer.get_width(), layer.get_height()) != (w, h):
+            raise bridge.BridgeError("GIMP scaled a layer to %dx%d, expected %dx%d"
+                                     % (layer.get_width(), layer.get_height(), w, h))
+    for layer, (babl, data, _) in zip(layers, results):
+        _write(layer, babl, data)
+
+
 def upscale_image(image, scale, width, height, new_image, client=None):
-    """The procedure's work; returns the resulting image. Raises bridge.BridgeError."""
+    """The procedure's work; returns the resulting image. Raises bridge.BridgeError.
+
+    Two phases. Computing: every layer goes through liif-jax while the image is untouched and
+    GIMP holds nothing of ours; this is when the progress bar, and its Cancel, are shown.
+    GIMP's Cancel kills this process (gimp_plug_in_close), which closes the connection to
+    liif-jax, which then stops the job. Writing: the progress has ended (no Cancel can cut it
+    short), the image is scaled and every layer written, in one undo group.
+    """
     if image.get_base_type() == Gimp.ImageBaseType.INDEXED:
         raise bridge.BridgeError("indexed images are not supported: convert with Image > Mode > RGB first")
     new_w, new_h = bridge.target_size(image.get_width(), image.get_height(), scale, width, height)
     here = os.path.dirname(os.path.abspath(__file__))
     client = client or bridge.BridgeClient.from_config(here)
+    sizes = _target_sizes(image, new_w, new_h)
+    sources = _pixel_layers(image.get_layers())
+    results = []
     Gimp.progress_init("Upscale (LIIF)")
-    work = image.duplicate()
     try:
-        work.undo_disable()
-        work.scale(new_w, new_h)
-        sources, targets = _pixel_layers(image.get_layers()), _pixel_layers(work.get_layers())
-        results = []
-        for i, (src, dst) in enumerate(zip(sources, targets)):
+        for i, (src, size) in enumerate(zip(sources, sizes)):
             babl, channels, pfmt = _format(image, src)
 
             def progress(fraction, i=i):
                 Gimp.progress_update((i + fraction) / float(len(sources)))
 
             w, h, data, _, _ = client.upscale(src.get_width(), src.get_height(), channels, pfmt,
-                                              _read(src, babl), size=(dst.get_width(), dst.get_height()),
+                                              _read(src, babl), size=size,
                                               progress=progress, status=Gimp.progress_set_text)
-            if (w, h) != (dst.get_width(), dst.get_height()):
-                raise bridge.BridgeError("liif-jax returned %dx%d, expected %dx%d"
-                                         % (w, h, dst.get_width(), dst.get_height()))
-            results.append((babl, data))
-        # Every layer computed: only now change an image.
-        if new_image:
-            for dst, (babl, data) in zip(targets, results):
-                _write(dst, babl, data)
-            work.undo_enable()
-            result, work = work, None
-            return result
-        image.undo_group_start()
-        try:
-            image.scale(new_w, new_h)
-            for layer, (babl, data) in zip(_pixel_layers(image.get_layers()), results):
-                _write(layer, babl, data)
-        finally:
-            image.undo_group_end()
-        return image
+            if (w, h) != size:
+                raise bridge.BridgeError("liif-jax returned %dx%d, expected %dx%d" % ((w, h) + size))
+            results.append((babl, data, size))
     finally:
-        if work is not None:
-            work.delete()
         Gimp.progress_end()
+    # Every layer computed: only now change an image.
+    if new_image:
+        result = image.duplicate()
+        try:
+            result.undo_disable()
+            result.scale(new_w, new_h)
+            _write_all(result, results)
+            result.undo_enable()
+        except BaseException:
+            result.delete()
+            raise
+        return result
+    image.undo_group_start()
+    try:
+        image.scale(new_w, new_h)
+        _write_all(image, results)
+    finally:
+        image.undo_group_end()
+    return image
 
 
 class LiifUpscale(Gimp.PlugIn):

@@ -1,0 +1,376 @@
+"""Where ``liif-jax serve`` listens, and how a connection becomes a byte stream.
+
+Two transports carry the same protocol (``protocol``), served by the same ``Worker``:
+
+``unix`` (default on Linux and macOS)
+    A Unix stream socket, mode 0600, in a 0700 folder of the user's runtime dir.
+``connection`` (default on Windows)
+    ``multiprocessing.connection``: a named pipe (family ``AF_PIPE``) on Windows,
+    ``\\\\.\\pipe\\liif-jax-<user>-<random>``, with a random 32-byte auth key. Pipe name and
+    key are written to ``endpoint.json`` in the same runtime folder (on Windows
+    ``%LOCALAPPDATA%\\liif-jax``), a file only the user can read; a client that cannot
+    answer the key's HMAC challenge is refused before it can send a request. Never TCP.
+    The same code runs on Linux with family ``AF_UNIX`` (``LIIF_JAX_TRANSPORT=connection``),
+    which is how the tests exercise it; the ``AF_PIPE`` family itself only runs on Windows.
+
+Over a ``Connection`` the protocol's byte stream is cut into messages of at most
+``CHUNK`` bytes (``send_bytes``); ``ConnectionReader`` joins them back, so the worker reads
+headers and payloads exactly as from a pipe or socket.
+
+``$LIIF_JAX_TRANSPORT`` (``unix`` or ``connection``) picks the transport; the plug-in's
+client (``gimp_plugin/liif_bridge_client.py``) follows the same rules.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import secrets
+import socket
+import time
+from pathlib import Path
+
+from liif_jax.errors import RequestError
+
+TRANSPORTS = ("unix", "connection")
+ENDPOINT_NAME = "endpoint.json"
+CHUNK = 1 << 20  # bytes per Connection message we send
+MAX_MESSAGE = 16 << 20  # a peer's message larger than this ends the connection
+
+
+# ---------------------------------------------------------------------------- naming
+def socket_path() -> Path:
+    """``$LIIF_JAX_SOCKET``, else ``$XDG_RUNTIME_DIR/liif-jax/worker.sock``, else (Windows)
+    ``%LOCALAPPDATA%/liif-jax/worker.sock``, else ``/tmp/liif-jax-<uid>/worker.sock``.
+    Its folder is the runtime folder of both transports."""
+    explicit = os.environ.get("LIIF_JAX_SOCKET")
+    if explicit:
+        return Path(explicit)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "liif-jax" / "worker.sock"
+    if os.name == "nt":
+        local = os.environ.get("LOCALAPPDATA") or os.path.join(os.path.expanduser("~"), "AppData", "Local")
+        return Path(local) / "liif-jax" / "worker.sock"
+    return Path(f"/tmp/liif-jax-{os.getuid()}") / "worker.sock"
+
+
+def endpoint_path(path: Path | None = None) -> Path:
+    """The ``connection`` transport's endpoint file, beside the (unix) socket path."""
+    return Path(path or socket_path()).parent / ENDPOINT_NAME
+
+
+def transport_name() -> str:
+    name = os.environ.get("LIIF_JAX_TRANSPORT") or ("connection" if os.name == "nt" else "unix")
+    if name not in TRANSPORTS:
+        raise RequestError(f"LIIF_JAX_TRANSPORT must be one of {', '.join(TRANSPORTS)}, not {name!r}")
+    return name
+
+
+def connection_family() -> str:
+    return "AF_PIPE" if os.name == "nt" else "AF_UNIX"
+
+
+def private_folder(folder: Path) -> None:
+    """Create ``folder`` (0700); on POSIX refuse one that others could enter. On Windows the
+    folder lives in the user's profile, whose ACL already admits only the user (and SYSTEM and
+    administrators)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.name == "nt":
+        return
+    st = folder.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise RequestError(f"socket folder {folder} must belong to you with mode 0700")
+
+
+def read_endpoint(path: Path) -> dict | None:
+    """``{"family", "address", "authkey" (bytes), "pid"}`` from an endpoint file, or None."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return {"family": str(data["family"]), "address": str(data["address"]),
+                "authkey": bytes.fromhex(data["authkey"]), "pid": data.get("pid")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable by the owner only (0600 from creation:
+    there is no moment when the key is readable by others)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        for attempt in range(20):
+            try:
+                os.replace(tmp, path)
+                break
+            except PermissionError:  # Windows: a client is reading the old file this instant
+                if os.name != "nt" or attempt == 19:
+                    raise
+                time.sleep(0.05)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def connect(family: str, address: str, authkey: bytes, timeout: float):
+    """``Client(address, family, authkey=...)``, except that a peer which does not start the
+    handshake within ``timeout`` seconds (not a liif-jax server, or a wedged one) gives None
+    instead of a hang; so do a refused connection and a wrong key."""
+    from multiprocessing import AuthenticationError
+    from multiprocessing import connection as mpc
+
+    try:
+        conn = mpc.Client(address, family)
+    except (OSError, EOFError, ValueError):
+        return None
+    try:
+        if conn.poll(timeout):
+            mpc.answer_challenge(conn, authkey)  # the order Client(authkey=...) uses
+            mpc.deliver_challenge(conn, authkey)
+            return conn
+    except (OSError, EOFError, AuthenticationError):
+        pass
+    conn.close()
+    return None
+
+
+# ---------------------------------------------------------------------------- streams
+class ConnectionReader:
+    """The messages arriving on a ``multiprocessing.connection.Connection``, read as one byte
+    stream with the two calls the protocol needs: ``readline(limit)`` and ``read(n)`` (which,
+    like a buffered file, returns fewer than ``n`` bytes only at the end of the stream)."""
+
+    def __init__(self, conn, max_message: int = MAX_MESSAGE):
+        self._conn, self._max = conn, max_message
+        self._buf = bytearray()
+        self._eof = False
+
+    def _more(self) -> bool:
+        if self._eof:
+            return False
+        try:
+            self._buf += self._conn.recv_bytes(self._max)
+        except (EOFError, OSError):  # closed, or a message over the limit
+            self._eof = True
+            return False
+        return True
+
+    def _take(self, n: int) -> bytes:
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def readline(self, limit: int = -1) -> bytes:
+        searched = 0
+        while True:
+            end = self._buf.find(b"\n", searched)
+            if end >= 0:
+                n = end + 1
+                break
+            searched = len(self._buf)
+            if 0 <= limit <= len(self._buf) or not self._more():
+                n = len(self._buf)
+                break
+        return self._take(n if limit < 0 else min(n, limit))
+
+    def read(self, n: int) -> bytes:
+        while len(self._buf) < n and self._more():
+            pass
+        return self._take(min(n, len(self._buf)))
+
+
+class ConnectionWriter:
+    """``write`` sends at once, in messages of at most ``CHUNK`` bytes; ``flush`` is a no-op."""
+
+    def __init__(self, conn, chunk: int = CHUNK):
+        self._conn, self._chunk = conn, chunk
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), self._chunk):
+            self._conn.send_bytes(view, start, min(self._chunk, len(view) - start))
+        return len(view)
+
+    def flush(self) -> None:
+        pass
+
+
+class Streams:
+    """A connection's two directions, and how to close it."""
+
+    def __init__(self, rfile, wfile, closers):
+        self.rfile, self.wfile, self._closers = rfile, wfile, closers
+
+    def close(self) -> None:
+        for closer in self._closers:
+            try:
+                closer()
+            except (OSError, ValueError):
+                pass
+
+
+# ---------------------------------------------------------------------------- transports
+class UnixTransport:
+    """A raw Unix stream socket, mode 0600, in a private folder."""
+
+    name = "unix"
+
+    def __init__(self, path: Path):
+        if not hasattr(socket, "AF_UNIX"):
+            raise RequestError("this system has no Unix sockets; use LIIF_JAX_TRANSPORT=connection")
+        self.path = Path(path)
+        self.folder = self.path.parent
+        self._sock = None
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def running(self) -> bool:
+        if not self.path.exists():
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(2)
+            try:
+                probe.connect(str(self.path))
+            except OSError:
+                return False
+        return True
+
+    def listen(self) -> None:
+        if self.path.exists():
+            self.path.unlink()  # left behind by a server that died
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # created 0600: no window where others can connect
+        try:
+            sock.bind(str(self.path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+        sock.listen(16)
+        self._sock = sock
+
+    def accept(self):
+        conn, _ = self._sock.accept()
+        return conn
+
+    def streams(self, conn) -> Streams:
+        rfile, wfile = conn.makefile("rb"), conn.makefile("wb")
+        return Streams(rfile, wfile, [wfile.close, rfile.close, conn.close])
+
+    def discard(self, conn) -> None:
+        conn.close()
+
+    def wake(self) -> None:
+        """Unblock a thread waiting in ``accept``."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2)
+            s.connect(str(self.path))
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+
+
+class ConnectionTransport:
+    """``multiprocessing.connection`` with an auth key: ``AF_PIPE`` on Windows, ``AF_UNIX``
+    elsewhere (or as given). The key and address live in ``endpoint.json``."""
+
+    name = "connection"
+
+    def __init__(self, folder: Path, family: str | None = None):
+        self.folder = Path(folder)
+        self.family = family or connection_family()
+        self.endpoint_file = self.folder / ENDPOINT_NAME
+        self.address = None
+        self._key = None
+        self._listener = None
+
+    def describe(self) -> str:
+        return f"{self.address} ({self.family}, key in {self.endpoint_file})"
+
+    def running(self, timeout: float = 5.0) -> bool:
+        """A server answers at the endpoint file's address and knows its key."""
+        endpoint = read_endpoint(self.endpoint_file)
+        if endpoint is None:
+            return False
+        conn = connect(endpoint["family"], endpoint["address"], endpoint["authkey"], timeout)
+        if conn is None:
+            return False
+        conn.close()
+        return True
+
+    def listen(self) -> None:
+        from multiprocessing.connection import Listener
+
+        self._key = os.urandom(32)
+        token = secrets.token_hex(8)
+        if self.family == "AF_PIPE":
+            user = re.sub(r"[^A-Za-z0-9_.-]", "_", getpass.getuser())[:40] or "user"
+            self.address = rf"\\.\pipe\liif-jax-{user}-{token}"
+        else:
+            self.address = str(self.folder / f"worker-{token}.sock")
+        # No authkey here: the handshake runs in each connection's own thread (``streams``),
+        # so a peer that connects and never answers holds up nobody else.
+        old_umask = os.umask(0o177) if os.name != "nt" else None
+        try:
+            self._listener = Listener(self.address, self.family, backlog=16)
+        finally:
+            if old_umask is not None:
+                os.umask(old_umask)
+        write_private_file(self.endpoint_file, json.dumps(
+            {"family": self.family, "address": self.address, "authkey": self._key.hex(),
+             "pid": os.getpid()}) + "\n")
+
+    def accept(self):
+        return self._listener.accept()
+
+    def streams(self, conn) -> Streams:
+        """Authenticate both ways (what ``Listener(authkey=...)`` does inside ``accept``), then
+        the connection as a stream. Raises ``AuthenticationError`` for a wrong key."""
+        from multiprocessing import connection as mpc
+
+        mpc.deliver_challenge(conn, self._key)
+        mpc.answer_challenge(conn, self._key)
+        return Streams(ConnectionReader(conn), ConnectionWriter(conn), [conn.close])
+
+    def discard(self, conn) -> None:
+        conn.close()
+
+    def wake(self) -> None:
+        from multiprocessing.connection import Client
+
+        Client(self.address, self.family).close()
+
+    def close(self) -> None:
+        if self._listener is None:
+            return
+        self._listener.close()  # (for AF_UNIX this also removes the socket file)
+        endpoint = read_endpoint(self.endpoint_file)
+        if endpoint is not None and endpoint["address"] == self.address:  # still ours
+            try:
+                self.endpoint_file.unlink()
+            except OSError:
+                pass
+
+
+def make_transport(name: str | None = None, path: Path | None = None):
+    """The transport named (default: ``transport_name()``); ``path`` is the unix socket path,
+    whose folder also holds ``endpoint.json``."""
+    name = name or transport_name()
+    path = Path(path or socket_path())
+    if name == "unix":
+        return UnixTransport(path)
+    if name == "connection":
+        return ConnectionTransport(path.parent)
+    raise RequestError(f"unknown transport {name!r} (expected one of {', '.join(TRANSPORTS)})")
