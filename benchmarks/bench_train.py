@@ -77,8 +77,10 @@ def main():
     import jax
 
     from liif_jax.configs import load_config
+    from liif_jax.models import build_model
     from liif_jax.train.data import ImplicitDownsampled
     from liif_jax.train.loop import train
+    from liif_jax.train.step import init_params
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="paper,tiny")
@@ -94,8 +96,7 @@ def main():
             data = ImplicitDownsampled.from_config(photos, config)
             data.preload()
             n_params = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(
-                jax.eval_shape(lambda: __import__("liif_jax.train.step", fromlist=["x"]).init_params(
-                    __import__("liif_jax.models", fromlist=["x"]).build_model(config.model), 0))))
+                jax.eval_shape(lambda: init_params(build_model(config.model), 0))))
             print(f"\n== config {name}: {n_params:,} parameters, batch {config.batch_size}, "
                   f"{config.inp_size}x{config.inp_size} LR crops, {config.sample_q} queries each")
             n_load = max(8, min(steps, 50))

@@ -129,15 +129,19 @@ def latest_checkpoint(workdir):
 def export_weights(source, dest) -> tuple[int, Path]:
     """Write the inference weight file (the converter's format) of a training checkpoint, or of
     the newest one in a workdir. Returns (step, checkpoint path)."""
+    import jax
+
+    from liif_jax.models import build_model
     from liif_jax.models.spec import spec_from_json
-    from liif_jax.weights import model_from_flat, save_weights
+    from liif_jax.train.step import init_params
+    from liif_jax.weights import flat_params, model_from_flat, save_weights
 
     source = Path(source)
     if source.is_dir():
-        found = list_checkpoints(source) or ([] if source.name != "checkpoints" else
-                                             list_checkpoints(source.parent))
+        workdir = source.parent if source.name == "checkpoints" else source
+        found = list_checkpoints(workdir)
         if not found:
-            raise CheckpointError(f"no checkpoints in {source} (expected {checkpoint_dir(source)}/step_*.safetensors)")
+            raise CheckpointError(f"no checkpoints in {source} (expected {checkpoint_dir(workdir)}/step_*.safetensors)")
         step, path = found[-1]
     elif source.is_file():
         path, step = source, None
@@ -145,10 +149,10 @@ def export_weights(source, dest) -> tuple[int, Path]:
         raise CheckpointError(f"not found: {source}")
     tensors, meta = read_checkpoint(path)
     step = int(meta.get("step", step or 0))
-    flat = {k[len("params"):]: v for k, v in tensors.items() if k.startswith("params")}
-    # keystr names look like "params['encoder']['head']['kernel']": back to "encoder/head/kernel"
-    flat = {"/".join(re.findall(r"\['([^']*)'\]", k)): v for k, v in flat.items()}
     spec = spec_from_json(meta.get("spec", ""))
+    module = build_model(spec)
+    template = jax.eval_shape(lambda: init_params(module, 0))  # names and shapes, no compute
+    flat = flat_params(restore_tree(tensors, template, "params", f"checkpoint {path.name}"))
     info = {"source_name": f"{path.parent.parent.name}/{path.name}" if path.parent.name == "checkpoints"
             else path.name,
             "trained_steps": str(step),

@@ -42,6 +42,7 @@ class ImplicitDownsampled:
         self.sample_q, self.augment, self.cache, self.repeat = sample_q, augment, cache, repeat
         self._images: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
+        self._order_cache = (None, None)
 
     @classmethod
     def from_config(cls, folder, config) -> "ImplicitDownsampled":
@@ -105,7 +106,12 @@ class ImplicitDownsampled:
         return {"inp": to01(lr), "coord": coord, "cell": cell, "gt": to01(rgb)}
 
     def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
-        return np.random.default_rng((seed, epoch)).permutation(len(self))
+        """The epoch's item order (kept for the last epoch asked: every step of it reads it)."""
+        key, order = self._order_cache
+        if key != (seed, epoch):
+            order = np.random.default_rng((seed, epoch)).permutation(len(self))
+            self._order_cache = ((seed, epoch), order)  # one assignment: safe across threads
+        return order
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return len(self) // batch_size
