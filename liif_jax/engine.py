@@ -225,11 +225,10 @@ def estimate_crop_bytes(model, crop_hw, chunk, n_devices: int, precision: str) -
     """Rough peak bytes of one tile's device work for a bucketed crop (encoder activations,
     the table, decoder chunks). Calibrated on CPU (benchmarks/bench_inference.py --memory);
     overestimating is the safe side."""
-    c = model.module.encoder.n_feats
     hidden = model.params["imnet"]["dense_0"]["kernel"].shape[1]
     item = 4 if precision == "float32" else 2
     area = crop_hw[0] * crop_hw[1]
-    encoder = area * c * 4 * 8  # a few live activations and the convolutions' scratch
+    encoder = area * 4 * model.module.encoder.peak_activation_channels
     table = area * hidden * (4 + item)
     members = 4 if model.module.local_ensemble else 1
     decoder = n_devices * members * chunk[0] * chunk[1] * hidden * 4 * 6

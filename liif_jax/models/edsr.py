@@ -51,6 +51,13 @@ class EDSR(nn.Module):
         """Number of 3x3 convolutions on the path: sets the receptive field (1 px each)."""
         return 2 + 2 * self.n_resblocks
 
+    @property
+    def peak_activation_channels(self) -> int:
+        """float32 channels per crop pixel live at the encoder's peak (a few activations and
+        the convolutions' scratch); the engine's memory estimate multiplies it by the crop
+        area. Calibrated on CPU; overestimating is the safe side."""
+        return 8 * self.n_feats
+
     @nn.compact
     def __call__(self, x: jnp.ndarray, mask=None) -> jnp.ndarray:
         x = _masked(nn.Conv(self.n_feats, (3, 3), padding=1, name="head")(_masked(x, mask)), mask)
