@@ -30,8 +30,7 @@ def model_from_checkpoint_bytes(data: bytes, source_name: str, license_text: str
     spec = normalize_spec({k: v for k, v in raw.items() if k != "sd"})
     if "sd" not in raw:
         raise CheckpointError(f"{where} has a model spec but no state dict ('sd')")
-    n_resblocks = spec["args"]["encoder_spec"]["args"]["n_resblocks"]
-    params, dropped = map_state_dict(raw["sd"], n_resblocks)
+    params, dropped = map_state_dict(raw["sd"], spec["args"]["encoder_spec"])
     if notes is not None and dropped:
         notes.append(f"dropped {len(dropped)} entries the LIIF encoder never applies: "
                      + ", ".join(dropped))

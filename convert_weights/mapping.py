@@ -1,8 +1,9 @@
 """Torch state-dict names and layouts -> our flat Flax parameter names and layouts.
 
 Torch convolutions are OIHW, Flax's are HWIO; torch Linear weights are (out, in), Flax Dense
-kernels (in, out). The EDSR MeanShift pairs are in every LIIF checkpoint but unused by the
-encoder's forward, so they are dropped (the converter says so).
+kernels (in, out); a 1x1 convolution (RDN's LFF and GFF fusions) is the same 4-D case. The
+EDSR MeanShift pairs are in every EDSR-LIIF checkpoint but unused by the encoder's forward, so
+they are dropped (the converter says so); RDN has none.
 """
 
 from __future__ import annotations
@@ -34,6 +35,39 @@ def torch_to_flax_name(name: str, n_resblocks: int) -> str | None:
     return None
 
 
+def rdn_torch_to_flax_name(name: str, n_blocks: int, n_layers: int) -> str | None:
+    """Our name for a torch state-dict entry of an RDN-LIIF (``liif_jax.models.rdn`` names),
+    or None if no parameter of ours matches."""
+    m = re.fullmatch(r"encoder\.(SFENet[12])\.(weight|bias)", name)
+    if m:
+        return f"encoder/{m[1]}/{_leaf(m[2])}"
+    m = re.fullmatch(r"encoder\.RDBs\.(\d+)\.convs\.(\d+)\.conv\.0\.(weight|bias)", name)
+    if m and int(m[1]) < n_blocks and int(m[2]) < n_layers:
+        return f"encoder/RDB_{int(m[1])}/conv_{int(m[2])}/{_leaf(m[3])}"
+    m = re.fullmatch(r"encoder\.RDBs\.(\d+)\.LFF\.(weight|bias)", name)
+    if m and int(m[1]) < n_blocks:
+        return f"encoder/RDB_{int(m[1])}/LFF/{_leaf(m[2])}"
+    m = re.fullmatch(r"encoder\.GFF\.([01])\.(weight|bias)", name)
+    if m:
+        return f"encoder/GFF_{m[1]}/{_leaf(m[2])}"
+    m = re.fullmatch(r"imnet\.layers\.(\d+)\.(weight|bias)", name)
+    if m and int(m[1]) % 2 == 0:
+        return f"imnet/dense_{int(m[1]) // 2}/{_leaf(m[2])}"
+    return None
+
+
+def _name_mapper(encoder_spec: dict):
+    """name -> our name (or None) for a normalised encoder spec; plus whether the EDSR
+    MeanShift entries are expected (and dropped)."""
+    enc = encoder_spec["args"]
+    if encoder_spec["name"] == "rdn":
+        from liif_jax.models.rdn import RDN_CONFIGS
+
+        n_blocks, n_layers, _ = RDN_CONFIGS[enc["RDNconfig"]]
+        return (lambda name: rdn_torch_to_flax_name(name, n_blocks, n_layers)), False
+    return (lambda name: torch_to_flax_name(name, enc["n_resblocks"])), True
+
+
 def _leaf(torch_leaf: str) -> str:
     return "kernel" if torch_leaf == "weight" else "bias"
 
@@ -48,19 +82,21 @@ def torch_to_flax_array(value: np.ndarray) -> np.ndarray:
     return value
 
 
-def map_state_dict(state_dict, n_resblocks: int):
-    """Return (flat Flax params, dropped known-unused names). Unknown names are an error;
-    missing names and shapes are checked against the model by the caller."""
+def map_state_dict(state_dict, encoder_spec: dict):
+    """Return (flat Flax params, dropped known-unused names) for a checkpoint whose normalised
+    encoder spec is ``encoder_spec``. Unknown names are an error; missing names and shapes are
+    checked against the model by the caller."""
     if not isinstance(state_dict, dict):
         raise CheckpointError("checkpoint's model 'sd' is not a state dict")
+    to_flax_name, has_mean_shift = _name_mapper(encoder_spec)
     params, dropped, unknown = {}, [], []
     for name, value in state_dict.items():
         if not isinstance(value, np.ndarray):
             raise CheckpointError(f"checkpoint entry {name!r} is not a tensor")
-        if KNOWN_UNUSED.match(str(name)):
+        if has_mean_shift and KNOWN_UNUSED.match(str(name)):
             dropped.append(name)
             continue
-        ours = torch_to_flax_name(str(name), n_resblocks)
+        ours = to_flax_name(str(name))
         if ours is None:
             unknown.append(name)
             continue

@@ -704,6 +704,7 @@ def run_convert(args) -> int:
 
     from convert_weights.convert import convert_file
     from liif_jax.errors import CheckpointError
+    from liif_jax.models import describe_encoder
     from liif_jax.weights import flat_params
 
     if Path(args.dest).suffix.lower() != ".safetensors":
@@ -720,7 +721,7 @@ def run_convert(args) -> int:
     n_params = sum(int(v.size) for v in flat_params(model.params).values())
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"{args.dest}: {enc['name']} ({enc['args']['n_resblocks']} blocks x {enc['args']['n_feats']}) "
+    print(f"{args.dest}: {describe_encoder(enc)} "
           f"+ mlp {hidden}, {n_params:,} parameters, from sha256 {model.metadata['source_sha256'][:12]}...")
     return 0
 

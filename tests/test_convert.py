@@ -210,9 +210,9 @@ def test_unexpected_key_is_refused(tmp_path, tiny_checkpoint):
 
 
 @pytest.mark.parametrize("spec,named", [
-    ({"name": "liif", "args": {"encoder_spec": {"name": "rdn", "args": {"no_upsampling": True}},
+    ({"name": "liif", "args": {"encoder_spec": {"name": "rcan", "args": {"no_upsampling": True}},
                                "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [256]}}}},
-     "encoder 'rdn'"),
+     "encoder 'rcan'"),
     ({"name": "metasr", "args": {"encoder_spec": {"name": "edsr-baseline", "args": {"no_upsampling": True}}}},
      "model 'metasr'"),
     ({"name": "edsr-baseline", "args": {}}, "model 'edsr-baseline'"),
@@ -225,7 +225,7 @@ def test_other_architectures_are_refused_naming_what_is_supported(tmp_path, tiny
     with pytest.raises(CheckpointError) as err:
         load_model(src)
     assert named in str(err.value)
-    assert "supported: model 'liif' with encoder 'edsr-baseline' or 'edsr'" in str(err.value)
+    assert "supported: model 'liif' with encoder 'edsr-baseline', 'edsr' or 'rdn'" in str(err.value)
 
 
 def test_full_edsr_encoder_spec_is_supported(tiny_checkpoint, tmp_path):

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from liif_jax.geometry import AREA_FLOOR, ensemble_weights, weights_from_areas
-from liif_jax.models.edsr import EDSR
 from liif_jax.models.mlp import MLP
 
 
@@ -39,7 +38,7 @@ def gather_features(feat: jnp.ndarray, index: jnp.ndarray, unfold: bool) -> jnp.
 
 
 class LIIF(nn.Module):
-    encoder: EDSR
+    encoder: nn.Module  # EDSR or RDN: (B, h, w, 3), mask -> (B, h, w, out_dim)
     imnet: MLP
     local_ensemble: bool = True
     feat_unfold: bool = True

@@ -15,7 +15,7 @@ import math
 from liif_jax.errors import CheckpointError
 
 SUPPORTED = (
-    "supported: model 'liif' with encoder 'edsr-baseline' or 'edsr' (no_upsampling) "
+    "supported: model 'liif' with encoder 'edsr-baseline', 'edsr' or 'rdn' (no_upsampling) "
     "and decoder 'mlp'"
 )
 
@@ -26,6 +26,9 @@ _EDSR_DEFAULTS = {
     "edsr": {"n_resblocks": 32, "n_feats": 256, "res_scale": 0.1, "scale": 2,
              "no_upsampling": False, "rgb_range": 1},
 }
+# Defaults of the original's make_rdn (models/rdn.py): config B, the released rdn-liif.pth.
+_RDN_DEFAULTS = {"G0": 64, "RDNkSize": 3, "RDNconfig": "B", "scale": 2, "no_upsampling": False}
+_RDN_CONFIGS = ("A", "B")
 _LIIF_DEFAULTS = {"local_ensemble": True, "feat_unfold": True, "cell_decode": True}
 
 
@@ -37,6 +40,44 @@ def _check_int(value, name, minimum):
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise CheckpointError(f"model spec has an invalid {name}: {value!r}")
     return value
+
+
+def _normalize_edsr_args(enc) -> dict:
+    """The complete, validated args of an 'edsr-baseline' or 'edsr' encoder spec."""
+    if not isinstance(enc, dict) or enc.get("name") not in _EDSR_DEFAULTS:
+        raise _refuse(f"encoder {enc.get('name') if isinstance(enc, dict) else enc!r}")
+    enc_args = dict(_EDSR_DEFAULTS[enc["name"]])
+    extra = set(enc.get("args") or {}) - set(enc_args)
+    if extra:
+        raise _refuse(f"encoder argument(s) {sorted(extra)}")
+    enc_args.update(enc.get("args") or {})
+    if not enc_args["no_upsampling"]:
+        raise _refuse("an EDSR encoder with its upsampler (LIIF uses no_upsampling=True)")
+    _check_int(enc_args["n_resblocks"], "n_resblocks", 0)
+    _check_int(enc_args["n_feats"], "n_feats", 1)
+    res_scale = enc_args["res_scale"]
+    if isinstance(res_scale, bool) or not isinstance(res_scale, (int, float)) or not math.isfinite(res_scale):
+        raise CheckpointError(f"model spec has an invalid res_scale: {res_scale!r}")
+    return enc_args
+
+
+def _normalize_rdn_args(given) -> dict:
+    """The complete, validated args of an 'rdn' encoder spec (the original's make_rdn)."""
+    if not isinstance(given, dict):
+        raise CheckpointError("model spec's encoder 'args' is not a mapping")
+    extra = set(given) - set(_RDN_DEFAULTS)
+    if extra:
+        raise _refuse(f"rdn argument(s) {sorted(extra)}")
+    enc_args = {**_RDN_DEFAULTS, **given}
+    if not enc_args["no_upsampling"]:
+        raise _refuse("an RDN encoder with its upsampler (LIIF uses no_upsampling=True)")
+    if enc_args["RDNconfig"] not in _RDN_CONFIGS:
+        raise _refuse(f"RDNconfig {enc_args['RDNconfig']!r} (the original defines 'A' and 'B')")
+    k_size = enc_args["RDNkSize"]
+    if isinstance(k_size, bool) or not isinstance(k_size, int) or k_size != 3:
+        raise _refuse(f"an RDN with RDNkSize={enc_args['RDNkSize']!r} (only 3x3 kernels)")
+    _check_int(enc_args["G0"], "G0", 1)
+    return enc_args
 
 
 def normalize_spec(spec) -> dict:
@@ -55,20 +96,10 @@ def normalize_spec(spec) -> dict:
         raise _refuse(f"liif argument(s) {sorted(unknown)}")
 
     enc = args.get("encoder_spec")
-    if not isinstance(enc, dict) or enc.get("name") not in _EDSR_DEFAULTS:
-        raise _refuse(f"encoder {enc.get('name') if isinstance(enc, dict) else enc!r}")
-    enc_args = dict(_EDSR_DEFAULTS[enc["name"]])
-    extra = set(enc.get("args") or {}) - set(enc_args)
-    if extra:
-        raise _refuse(f"encoder argument(s) {sorted(extra)}")
-    enc_args.update(enc.get("args") or {})
-    if not enc_args["no_upsampling"]:
-        raise _refuse("an EDSR encoder with its upsampler (LIIF uses no_upsampling=True)")
-    _check_int(enc_args["n_resblocks"], "n_resblocks", 0)
-    _check_int(enc_args["n_feats"], "n_feats", 1)
-    res_scale = enc_args["res_scale"]
-    if isinstance(res_scale, bool) or not isinstance(res_scale, (int, float)) or not math.isfinite(res_scale):
-        raise CheckpointError(f"model spec has an invalid res_scale: {res_scale!r}")
+    if isinstance(enc, dict) and enc.get("name") == "rdn":
+        enc_args = _normalize_rdn_args(enc.get("args") or {})
+    else:
+        enc_args = _normalize_edsr_args(enc)
 
     imnet = args.get("imnet_spec")
     if imnet is None:
