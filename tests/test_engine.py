@@ -77,18 +77,31 @@ def test_automatic_tile_follows_the_memory_budget(real_model):
 
 # ---------------------------------------------------------------- compilation
 
-def test_five_image_sizes_compile_the_decoder_once(tiny_model):
-    # A chunk shape no other test uses, so this test sees the first compilation.
+def test_image_sizes_compile_the_decoder_once_per_table_bucket(tiny_model):
+    # A chunk shape no other test uses, so this test sees the first compilations.
     chunk = (24, 40)
     before = dict(engine.trace_counts)
     rng = np.random.default_rng(0)
+    buckets = set()
     for h, w, scale in [(17, 23, 2.0), (40, 24, 1.7), (31, 31, 3.0), (12, 50, 2.5), (45, 9, 0.8)]:
         image = rng.random((h, w, 3), dtype=np.float32)
         engine.render(tiny_model, image, (round(h * scale), round(w * scale)),
                       settings=settings(chunk=chunk))
-    assert engine.trace_counts["decode"] - before["decode"] == 1
+        buckets.add(engine.table_rows_bucket(tiling.bucket(h) * tiling.bucket(w)))
+    # The decoder holds the (bucketed) feature table, so it compiles once per table bucket:
+    # three here for five image sizes and five output sizes.
+    assert len(buckets) == 3
+    assert engine.trace_counts["decode"] - before["decode"] == len(buckets)
     # The encoder compiles per padded crop shape (bucketed), not per image size.
     assert engine.trace_counts["encode_table"] - before["encode_table"] <= 5
+    # New image and output sizes that land in the same buckets compile nothing at all.
+    seen = dict(engine.trace_counts)
+    for h, w, scale in [(20, 21, 1.3), (29, 30, 2.2), (10, 55, 0.5), (44, 20, 3.1)]:
+        assert engine.table_rows_bucket(tiling.bucket(h) * tiling.bucket(w)) in buckets
+        image = rng.random((h, w, 3), dtype=np.float32)
+        engine.render(tiny_model, image, (round(h * scale), round(w * scale)),
+                      settings=settings(chunk=chunk))
+    assert engine.trace_counts == seen
 
 
 def test_buckets_are_few_and_monotonic():

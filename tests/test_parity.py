@@ -79,9 +79,14 @@ def test_chunk_shape_does_not_change_the_result(tiny_model):
 def test_progress_reports_and_can_cancel(tiny_model):
     image = read_rgb01(DEV / "in_coffee_40x24.png")
     seen = []
-    settings = engine.RenderSettings(chunk=(16, 64))
+    settings = engine.RenderSettings(chunk=(16, 64), chunks_per_call=1)
     engine.render(tiny_model, image, (97, 61), settings=settings, progress=lambda d, t: seen.append((d, t)))
-    assert seen[-1] == (97 * 61, 97 * 61) and len(seen) == 7  # ceil(97 / 16) chunks
+    assert seen[-1] == (97 * 61, 97 * 61) and len(seen) == 7  # ceil(97 / 16) chunks, one a call
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    # Progress comes once per compiled call: 3 chunks a call -> ceil(7 / 3) reports.
+    seen.clear()
+    engine.render(tiny_model, image, (97, 61), progress=lambda d, t: seen.append((d, t)),
+                  settings=engine.RenderSettings(chunk=(16, 64), chunks_per_call=3))
+    assert [d for d, _ in seen] == [3 * 16 * 61, 6 * 16 * 61, 97 * 61]
     with pytest.raises(engine.Cancelled):
         engine.render(tiny_model, image, (97, 61), settings=settings, progress=lambda d, t: False)
