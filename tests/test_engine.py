@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -212,3 +213,82 @@ def test_four_devices_give_the_single_device_result(tmp_path, tiny_model, real_m
         single = engine.render(model, image, (97, 61), raw=True, settings=settings(tile=tile))
         sharded = np.load(tmp_path / f"{name}_{tile}.npy")
         assert np.abs(single - sharded).max() <= 1e-6
+
+
+# ---------------------------------------------------------------- backends, calls, budgets
+
+class _FakeDevice:
+    """A device as backend_profile sees it: a platform and memory_stats()."""
+
+    def __init__(self, platform, stats=None, fail=False):
+        self.platform, self._stats, self._fail = platform, stats, fail
+
+    def memory_stats(self):
+        if self._fail:
+            raise NotImplementedError("no stats on this backend")
+        return self._stats
+
+
+def test_backend_profiles_size_the_work_for_each_kind_of_device():
+    cpu = engine.backend_profile([_FakeDevice("cpu")])
+    assert cpu.chunk == (32, 64) and not cpu.overlap
+    assert cpu.max_memory == engine.DEFAULT_MAX_MEMORY  # host memory, as before
+    assert cpu.chunks_per_call == 6 * os.cpu_count()
+    gpu = engine.backend_profile([_FakeDevice("gpu", {"bytes_limit": 100 * 2**30})])
+    assert gpu.chunk == (128, 256) and gpu.overlap
+    # Device memory: a fraction of what the runtime lets the device allocate.
+    assert gpu.max_memory == int(engine.DEVICE_MEMORY_FRACTION * 100 * 2**30)
+    assert gpu.chunks_per_call * gpu.chunk[0] * gpu.chunk[1] <= 2**23  # bounded work a call
+    unknown = engine.backend_profile([_FakeDevice("tpu", fail=True)])
+    assert unknown.max_memory == engine.DEFAULT_MAX_MEMORY and unknown.overlap
+
+
+def test_accelerator_shaped_calls_equal_the_cpu_shaped_render(tiny_model, monkeypatch):
+    # The accelerator profile on this CPU: big calls with skipped empty slots, the next
+    # tile's encoder overlapping the current decode, several tiles. Same image, bit for bit.
+    image = read_rgb01(COFFEE)
+    reference = engine.render(tiny_model, image, (97, 61), raw=True, settings=settings())
+    accel = engine.BackendProfile("gpu", (16, 32), 5, engine.DEFAULT_MAX_MEMORY, overlap=True)
+    monkeypatch.setattr(engine, "backend_profile", lambda devices: accel)
+    for tile in (None, 4, 9):
+        out = engine.render(tiny_model, image, (97, 61), raw=True, settings=settings(tile=tile))
+        assert np.array_equal(out, reference)
+
+
+def test_integer_input_is_converted_on_the_device_exactly(real_model):
+    from PIL import Image
+
+    codes = np.asarray(Image.open(COFFEE).convert("RGB"))
+    as_float = codes.astype(np.float32) / np.float32(255)
+    for out_dtype in (np.float32, np.uint8):
+        ref = engine.render(real_model, as_float, (61, 37), settings=settings(), out_dtype=out_dtype)
+        assert np.array_equal(engine.render(real_model, codes, (61, 37), settings=settings(),
+                                            out_dtype=out_dtype), ref)
+    deep = (codes.astype(np.uint16) * 257 + 3).astype(">u2")  # 16-bit, big-endian on purpose
+    ref = engine.render(real_model, deep.astype(np.float32) / np.float32(65535), (61, 37),
+                        settings=settings())
+    assert np.array_equal(engine.render(real_model, deep, (61, 37), settings=settings()), ref)
+    # The API hands integer RGB arrays to the engine as they are: same result as floats.
+    assert np.array_equal(liif_jax.upscale(codes, scale=1.5, model=real_model, precision="float32"),
+                          liif_jax.upscale(as_float, scale=1.5, model=real_model, precision="float32"))
+
+
+def test_an_extreme_aspect_ratio_is_refused_within_the_budget(tiny_model):
+    # 1 x 99,999,999 is under the pixel limit, but its per-axis geometry alone is ~6 GB:
+    # it must be refused up front, not discovered by running out of memory.
+    with pytest.raises(RequestError, match="too small.*needs at least"):
+        liif_jax.upscale(np.zeros((2, 2, 3), np.uint8), size=(99_999_999, 1), model=tiny_model)
+
+
+def test_a_too_small_budget_says_what_would_suffice(real_model):
+    image = np.zeros((200, 200, 3), np.uint8)
+    with pytest.raises(RequestError) as info:
+        liif_jax.upscale(image, scale=2, model=real_model, max_memory=420 * 2**20)
+    message = str(info.value)
+    assert "reserved for the runtime" in message
+    enough = int(message.split("needs at least ")[1].split(" MB")[0])
+    # The figure it names is enough (the tile is chosen, nothing is refused).
+    tile = engine.choose_tile(real_model, (200, 200), settings(max_memory=enough * 2**20),
+                              (32, 64), 1, fixed_bytes=engine.fixed_render_bytes((200, 200), (400, 400), 4),
+                              chunks_per_call=engine.backend_profile(jax.local_devices()).chunks_per_call)
+    assert 8 <= tile < 200
