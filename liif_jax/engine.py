@@ -200,8 +200,11 @@ class BackendProfile:
 
 
 # On an accelerator the render may use this fraction of the device's memory by default; the
-# rest is left to XLA's own scratch, fragmentation and whatever else shares the device.
+# rest is left to XLA's own scratch, fragmentation and whatever else shares the device. And at
+# most DEVICE_MEMORY_CAP: a tile of a few megapixels already keeps a large GPU busy (a 1080p
+# frame is one tile within it), so more memory would not make a render faster, only hold more.
 DEVICE_MEMORY_FRACTION = 0.75
+DEVICE_MEMORY_CAP = 16 * 1024**3
 
 
 def device_memory_limit(device) -> int | None:
@@ -225,7 +228,7 @@ def backend_profile(devices) -> BackendProfile:
         cores = max(1, (os.cpu_count() or 1) // len(devices))
         return BackendProfile("cpu", (32, 64), 6 * cores, DEFAULT_MAX_MEMORY, overlap=False)
     limit = device_memory_limit(devices[0])
-    budget = int(DEVICE_MEMORY_FRACTION * limit) if limit else DEFAULT_MAX_MEMORY
+    budget = min(int(DEVICE_MEMORY_FRACTION * limit), DEVICE_MEMORY_CAP) if limit else DEFAULT_MAX_MEMORY
     # 128x256 = 32K output pixels: 128K rows per matmul with the 4 ensemble members, enough
     # to fill a large GPU. 128 chunks = 4.2 Mpx a call: ~40 ms at 100 Mpx/s (bf16), under
     # 0.5 s even in float32 at 10 Mpx/s.
@@ -336,15 +339,18 @@ def _shard_map(fn, mesh, in_specs, out_specs):
 
 def estimate_crop_bytes(model, crop_hw, chunk, n_devices: int, precision: str,
                         chunks_per_call: int = 1, overlap: bool = False) -> int:
-    """Rough peak bytes of one tile's device work for a bucketed crop: encoder activations,
-    the table (two with ``overlap``: the next tile's is made while this one decodes), one
-    chunk's decoder intermediates per device, and two calls' outputs in flight. Calibrated on
-    CPU (benchmarks/bench_inference.py --memory); overestimating is the safe side."""
+    """Rough peak bytes of one tile's device work for a bucketed crop: the encoder's
+    activations and the table being built (its float32 convolution output and the stored
+    table, padded to its bucket), plus -- with ``overlap`` -- the previous tile's table still
+    being decoded; one chunk's decoder intermediates per device, and two calls' outputs in
+    flight. Calibrated on CPU (benchmarks/bench_inference.py --memory); overestimating is the
+    safe side."""
     hidden = model.params["imnet"]["dense_0"]["kernel"].shape[1]
     item = 4 if precision == "float32" else 2
     area = crop_hw[0] * crop_hw[1]
+    rows = table_rows_bucket(area)
     encoder = area * 4 * model.module.encoder.peak_activation_channels
-    table = area * hidden * (4 + item) * (2 if overlap else 1)
+    table = area * hidden * 4 + rows * hidden * item * (2 if overlap else 1)
     members = 4 if model.module.local_ensemble else 1
     pixels = chunk[0] * chunk[1]
     decoder = n_devices * members * pixels * hidden * 4 * 6

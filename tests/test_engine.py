@@ -234,13 +234,29 @@ def test_backend_profiles_size_the_work_for_each_kind_of_device():
     assert cpu.chunk == (32, 64) and not cpu.overlap
     assert cpu.max_memory == engine.DEFAULT_MAX_MEMORY  # host memory, as before
     assert cpu.chunks_per_call == 6 * os.cpu_count()
-    gpu = engine.backend_profile([_FakeDevice("gpu", {"bytes_limit": 100 * 2**30})])
+    gpu = engine.backend_profile([_FakeDevice("gpu", {"bytes_limit": 12 * 2**30})])
     assert gpu.chunk == (128, 256) and gpu.overlap
-    # Device memory: a fraction of what the runtime lets the device allocate.
-    assert gpu.max_memory == int(engine.DEVICE_MEMORY_FRACTION * 100 * 2**30)
+    # Device memory: a fraction of what the runtime lets the device allocate...
+    assert gpu.max_memory == int(engine.DEVICE_MEMORY_FRACTION * 12 * 2**30)
+    # ... up to a cap: a big GPU gets tiles of a few megapixels, not all of its memory.
+    big = engine.backend_profile([_FakeDevice("gpu", {"bytes_limit": 141 * 10**9})])
+    assert big.max_memory == engine.DEVICE_MEMORY_CAP
     assert gpu.chunks_per_call * gpu.chunk[0] * gpu.chunk[1] <= 2**23  # bounded work a call
     unknown = engine.backend_profile([_FakeDevice("tpu", fail=True)])
     assert unknown.max_memory == engine.DEFAULT_MAX_MEMORY and unknown.overlap
+
+
+def test_accelerator_budget_keeps_a_1080p_frame_whole_and_tiles_the_big_image(real_model):
+    # With the H200's default budget, a 1920x1080 frame is one tile (no halo work), while
+    # 3456x4608 (the original's out-of-memory case) is split into tiles that fit.
+    h200 = engine.backend_profile([_FakeDevice("gpu", {"bytes_limit": 141 * 10**9})])
+    s = engine.RenderSettings(precision="bfloat16")
+    tile = engine.choose_tile(real_model, (1080, 1920), s, h200.chunk, 1, chunks_per_call=h200.chunks_per_call,
+                              overlap=True, max_memory=h200.max_memory)
+    assert tile == 1920
+    tile = engine.choose_tile(real_model, (4608, 3456), s, h200.chunk, 1, chunks_per_call=h200.chunks_per_call,
+                              overlap=True, max_memory=h200.max_memory)
+    assert 1000 <= tile < 3456
 
 
 def test_accelerator_shaped_calls_equal_the_cpu_shaped_render(tiny_model, monkeypatch):
