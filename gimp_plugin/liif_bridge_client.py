@@ -50,6 +50,16 @@ class Cancelled(BridgeError):
     pass
 
 
+# The precision choice both plug-ins offer: (value sent to liif-jax, label). "auto" lets the
+# worker's backend decide (float32 on CPU, where bfloat16 pays only on CPUs with native bf16
+# dot products; bfloat16 on GPU/TPU).
+PRECISION_CHOICES = (
+    ("auto", "Automatic (exact on CPU, fast on GPU/TPU)"),
+    ("float32", "Exact (float32)"),
+    ("bfloat16", "Fast (bfloat16, within 2/255)"),
+)
+
+
 def target_size(width, height, scale, new_width, new_height):
     """The image's new (width, height) from the plug-in arguments: ``scale`` > 0 wins;
     otherwise ``new_width`` / ``new_height``, one of them 0 keeping the aspect ratio (rounded
@@ -440,9 +450,11 @@ class BridgeClient(object):
 
     # -------------------------------------------------------------- the call
     def upscale(self, width, height, channels, fmt, payload, scale=None, size=None, region=None,
-                progress=None, cancelled=None, status=None):
+                progress=None, cancelled=None, status=None, precision=None):
         """Send one image; return (width, height, payload, compute seconds, channel kind).
-        ``progress(fraction)``, ``cancelled() -> bool`` and ``status(text)`` are optional."""
+        ``progress(fraction)``, ``cancelled() -> bool`` and ``status(text)`` are optional.
+        ``precision``: "float32" (exact), "bfloat16" (fast), or None/"auto" (the worker's
+        backend decides: float32 on CPU, bfloat16 on GPU/TPU)."""
         progress = progress or (lambda fraction: None)
         cancelled = cancelled or (lambda: False)
         status = status or (lambda text: None)
@@ -454,6 +466,8 @@ class BridgeClient(object):
             request["size"] = list(size)
         if region is not None:
             request["region"] = list(region)
+        if precision not in (None, "auto"):
+            request["precision"] = precision
         started = time.time()
         channel = self._connect(status)
         self.last_channel = channel.kind

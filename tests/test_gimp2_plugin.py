@@ -53,7 +53,28 @@ def test_registration(plugin):
     (args, kwargs), = gimpfu.REGISTERED
     assert args[0] == "python-fu-liif-upscale" and args[6] == "Upscale (LIIF)..."
     assert kwargs["menu"] == "<Image>/Image"
-    assert [p[1] for p in args[8]] == ["image", "drawable", "scale", "width", "height", "new-image"]
+    assert [p[1] for p in args[8]] == ["image", "drawable", "scale", "width", "height", "new-image",
+                                       "precision"]
+    precision = args[8][-1]
+    assert precision[0] == gimpfu.PF_OPTION and precision[3] == 0  # default: automatic
+    assert [label.split(" ")[0] for label in precision[4]] == ["Automatic", "Exact", "Fast"]
+
+
+@pytest.mark.parametrize("option,tolerance", [(1, 0), (2, 2)])
+def test_precision_option_reaches_liif_jax(plugin, tiny_model, option, tolerance):
+    # Option 1 (exact) is the float32 library result to the level; option 2 (fast) runs in
+    # bfloat16 -- within 2 levels, and not the float32 result.
+    module, gimpfu = plugin
+    image = make_image(gimpfu)
+    src = next(l for l in gimpfu._walk(image.layers) if l.name == "bg").pixels.copy()
+    module.liif_upscale(image, None, 2.0, 0, 0, False, option)
+    out = next(l for l in gimpfu._walk(image.layers) if l.name == "bg").pixels
+    exact = liif_jax.upscale(src, size=(out.shape[1], out.shape[0]), model=tiny_model,
+                             precision="float32", dtype=np.uint8)
+    diff = np.abs(out.astype(int) - exact).max()
+    assert diff <= tolerance
+    if option == 2:
+        assert diff > 0
 
 
 def test_in_place_upscale_in_one_undo_group(plugin, tiny_model):

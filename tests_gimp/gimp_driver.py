@@ -32,6 +32,8 @@ for case in cases:
     config.set_property("width", case.get("width", 0))
     config.set_property("height", case.get("height", 0))
     config.set_property("new-image", case.get("new_image", False))
+    if "precision" in case:
+        config.set_property("precision", case["precision"])
     result = proc.run(config)
     status = result.index(0)
     entry = {"name": case["name"], "status": status.value_nick, "before": before}

@@ -184,6 +184,23 @@ def test_upscales_in_place_and_as_new_image(tmp_path, work):
     assert same_image(rgba(work / "o4.png.input-after.png"), rgba(work / "in_rgba.png"))
 
 
+def test_precision_choice_exact_and_fast(tmp_path, work):
+    # The dialog's Precision: "float32" is the library's exact result (to the 8-bit level),
+    # "bfloat16" the fast one (within 2/255 of it, and not the same image).
+    cases = [{"name": name, "input": f"{WORK_IN}/in_rgb.png", "scale": 2.0, "precision": name,
+              "output": f"{WORK_IN}/p_{name}.png"} for name in ("float32", "bfloat16")]
+    proc, report = run_gimp(tmp_path, work, cases)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["status"] for r in report] == ["success", "success"]
+    expected = liif_jax.upscale(np.asarray(Image.open(work / "in_rgb.png")), scale=2,
+                                model=liif_jax.load_model(), precision="float32")
+    exact = rgba(work / "p_float32.png")[..., :3]
+    fast = rgba(work / "p_bfloat16.png")[..., :3]
+    assert np.abs(exact - expected).max() <= 1 / 255 + 1e-9
+    assert np.abs(fast - expected).max() <= 3 / 255 + 1e-9  # 2/255 plus 8-bit rounding
+    assert not np.array_equal(fast, exact)
+
+
 @pytest.mark.parametrize("python,message", [
     ("/nonexistent/python", "the liif-jax interpreter /nonexistent/python does not exist"),
     (f"{WORK_IN}/crashing-python", "liif-jax worker failed: simulated crash of the worker"),

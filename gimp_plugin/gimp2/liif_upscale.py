@@ -18,8 +18,8 @@ higher-precision images are refused with a message (GIMP 3 has no such limit).
 import os
 import sys
 
-from gimpfu import (INDEXED, PF_BOOL, PF_DRAWABLE, PF_FLOAT, PF_IMAGE, PF_INT, gimp, main, pdb,
-                   register)
+from gimpfu import (INDEXED, PF_BOOL, PF_DRAWABLE, PF_FLOAT, PF_IMAGE, PF_INT, PF_OPTION, gimp,
+                    main, pdb, register)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import liif_bridge_client as bridge  # noqa: E402
@@ -54,7 +54,7 @@ def _write(layer, data):
     layer.update(0, 0, w, h)
 
 
-def liif_upscale(image, drawable, scale, width, height, new_image):
+def liif_upscale(image, drawable, scale, width, height, new_image, precision=0):
     here = os.path.dirname(os.path.abspath(__file__))
     work = None
     try:
@@ -81,7 +81,8 @@ def liif_upscale(image, drawable, scale, width, height, new_image):
 
             rw, rh, data, _, _ = client.upscale(src.width, src.height, channels, "u8", _read(src),
                                                 size=(dst.width, dst.height), progress=progress,
-                                                status=pdb.gimp_progress_set_text)
+                                                status=pdb.gimp_progress_set_text,
+                                                precision=bridge.PRECISION_CHOICES[precision][0])
             if (rw, rh) != (dst.width, dst.height):
                 raise bridge.BridgeError("liif-jax returned %dx%d, expected %dx%d" % (rw, rh, dst.width, dst.height))
             results.append(data)
@@ -130,6 +131,7 @@ register(
         (PF_INT, "width", "New width in pixels (0 = keep aspect ratio)", 0),
         (PF_INT, "height", "New height in pixels (0 = keep aspect ratio)", 0),
         (PF_BOOL, "new-image", "Open the result as a new image", False),
+        (PF_OPTION, "precision", "Precision", 0, [label for _, label in bridge.PRECISION_CHOICES]),
     ],
     [(PF_IMAGE, "result", "The upscaled image (the input itself unless new-image)")],
     liif_upscale,
