@@ -151,7 +151,8 @@ def upscale(image, *, scale=None, size=None, model=None, max_pixels: int | None 
     Options (each is also a CLI flag):
     ``region`` (x, y, w, h) in input pixels: render only that window of the full result
     (see ``plan_output``); ``tile``: input pixels per tile side (default: from
-    ``max_memory``, bytes, default 2 GiB); ``precision``: "float32" (default on CPU) or
+    ``max_memory``, bytes: host memory on CPU, default 2 GiB; device memory on GPU/TPU, default
+    3/4 of the device's, at most 16 GiB); ``precision``: "float32" (default on CPU) or
     "bfloat16" (default on GPU/TPU); ``dtype``: np.float32 or np.uint8 (rounded to nearest,
     assembled tile by tile); ``max_pixels``: refuse bigger outputs (None or 0: no limit);
     ``progress(done, total)``: called as output pixels finish; return False to cancel.
@@ -170,7 +171,7 @@ def upscale(image, *, scale=None, size=None, model=None, max_pixels: int | None 
     engine.enable_compilation_cache()
     settings = engine.RenderSettings(
         precision=precision or engine.default_precision(), tile=tile,
-        max_memory=engine.DEFAULT_MAX_MEMORY if max_memory is None else int(max_memory))
+        max_memory=None if max_memory is None else int(max_memory))  # None: the backend's
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.uint8):
         raise RequestError(f"dtype must be float32 or uint8, got {dtype}")

@@ -103,7 +103,7 @@ def evaluate_image(name: str, hr_u8: np.ndarray, scale: float, model, protocol: 
     lr, crop = lr_hr_pair(hr_u8, scale)
     hr01 = crop.astype(np.float32) / np.float32(255)
     settings = engine.RenderSettings(precision=precision, tile=tile,
-                                     max_memory=max_memory or engine.DEFAULT_MAX_MEMORY)
+                                     max_memory=max_memory or None)
     pred = engine.render(model, lr.astype(np.float32) / np.float32(255), crop.shape[:2], settings=settings)
     bic = bicubic_up(lr, crop.shape[:2]).astype(np.float32) / np.float32(255)
     return Record(name, scale, psnr(pred, hr01, scale, protocol), psnr(bic, hr01, scale, protocol),

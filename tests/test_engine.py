@@ -308,3 +308,24 @@ def test_a_too_small_budget_says_what_would_suffice(real_model):
                               (32, 64), 1, fixed_bytes=engine.fixed_render_bytes((200, 200), (400, 400), 4),
                               chunks_per_call=engine.backend_profile(jax.local_devices()).chunks_per_call)
     assert 8 <= tile < 200
+
+
+def test_cancel_stops_dispatching_at_once(tiny_model, monkeypatch):
+    # Progress comes per call; a cancel leaves at most the one call already in flight behind
+    # (calls are sized to ~0.1-0.5 s, so Cancel acts within about a second).
+    calls = []
+    real = engine._decode_call
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_decode_call", counting)
+    s = settings(chunk=(8, 16), chunks_per_call=1)
+    engine.render(tiny_model, read_rgb01(COFFEE), (97, 61), settings=s)
+    assert len(calls) == 13 * 4  # ceil(97 / 8) x ceil(61 / 16) chunks, one a call
+    calls.clear()
+    with pytest.raises(engine.Cancelled):
+        engine.render(tiny_model, read_rgb01(COFFEE), (97, 61), settings=s,
+                      progress=lambda done, total: False)
+    assert len(calls) == 2  # the call reported on, and the one dispatched before it was read
