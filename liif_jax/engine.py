@@ -349,7 +349,7 @@ def estimate_crop_bytes(model, crop_hw, chunk, n_devices: int, precision: str,
     item = 4 if precision == "float32" else 2
     area = crop_hw[0] * crop_hw[1]
     rows = table_rows_bucket(area)
-    encoder = area * 4 * model.module.encoder.peak_activation_channels
+    encoder = area * 4 * model.module.encoder.peak_activation_channels + model.module.encoder.peak_fixed_bytes
     table = area * hidden * 4 + rows * hidden * item * (2 if overlap else 1)
     members = 4 if model.module.local_ensemble else 1
     pixels = chunk[0] * chunk[1]

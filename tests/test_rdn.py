@@ -12,7 +12,7 @@ import torch_format as tf
 from conftest import DEV, FIXTURES, SHARED, read_rgb01
 from convert_weights.mapping import map_state_dict
 from liif_jax import engine, tiling
-from liif_jax.errors import CheckpointError
+from liif_jax.errors import CheckpointError, RequestError
 from liif_jax.models import LIIF, MLP, RDN, build_model, normalize_spec
 from liif_jax.train.step import init_params
 from liif_jax.weights import LiifModel, check_params, expected_param_shapes, flat_params, load_model
@@ -246,3 +246,62 @@ def test_a_halo_one_short_breaks_rdn_tiles():
     tiled = engine.render(model, image, (97, 61), raw=True,
                           settings=engine.RenderSettings(precision="float32", tile=5))
     assert not np.array_equal(tiled, whole)
+
+
+# ---------------------------------------------------------------- memory
+
+def encoder_temp_bytes(encoder, size):
+    """Bytes XLA allocates for the masked encoder's intermediates on a size x size crop (its
+    own buffer plan for the compiled program, read without running it)."""
+    import jax
+    import jax.numpy as jnp
+
+    module = LIIF(encoder=encoder, imnet=MLP(hidden_list=(16,)))
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 3)),
+                                                jnp.zeros((1, 4, 1, 2), jnp.int32),
+                                                jnp.zeros((1, 4, 1, 2)), jnp.zeros((1, 1, 2))))
+    enc_params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), shapes["params"]["encoder"])
+    crop = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    mask = jax.ShapeDtypeStruct((1, size, size, 1), jnp.bool_)
+
+    def encode(p, x, m):
+        return module.apply({"params": {"encoder": p}}, x, m, method="encode")
+
+    return jax.jit(encode).lower(enc_params, crop, mask).compile().memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("config", ["A", "B"])
+def test_stated_encoder_peak_covers_what_xla_allocates(config):
+    """The engine's estimate for RDN's activations (area x peak_activation_channels plus
+    peak_fixed_bytes) is at least XLA's own buffer plan at two crop sizes, so the automatic
+    tile keeps --max-memory. (Peak RSS, measured by benchmarks/encoder_memory.py, is what the
+    figures were calibrated on; XLA's plan is its deterministic core.)"""
+    encoder = build_model(rdn_spec(RDNconfig=config)).encoder
+    for size in (48, 96):
+        stated = size * size * 4 * encoder.peak_activation_channels + encoder.peak_fixed_bytes
+        assert stated >= encoder_temp_bytes(encoder, size)
+    # The blocks' outputs are not all kept for the global fusion: per pixel, less than all D
+    # block outputs plus one block's concatenation (what the unrolled form held: 1728 channels
+    # for A, 2112 for B; the scanned one 577 and 1164).
+    slope = (encoder_temp_bytes(encoder, 96) - encoder_temp_bytes(encoder, 48)) / (4 * (96**2 - 48**2))
+    concat = encoder.growth0 + encoder.n_layers * encoder.growth
+    assert slope < encoder.n_blocks * encoder.growth0 + concat
+
+
+def test_automatic_tile_for_rdn_keeps_the_budget():
+    model = LiifModel(spec={}, module=build_model(rdn_spec()), params={"imnet": {"dense_0": {
+        "kernel": np.zeros((580, 256), np.float32)}}})
+    halo = tiling.halo_for(model.module.encoder.n_convs)
+    settings = engine.RenderSettings(precision="float32", max_memory=8 * 2**30)
+    tile = engine.choose_tile(model, (3000, 4000), settings, (32, 64), 1)
+    crop = tiling.crop_length(tile, 10**9, halo)
+    assert tiling.bucket(crop) == crop  # the tile fills a bucket exactly
+    assert engine.estimate_crop_bytes(model, (crop, crop), (32, 64), 1, "float32") <= 8 * 2**30
+    smaller = engine.choose_tile(model, (3000, 4000), engine.RenderSettings(
+        precision="float32", max_memory=3 * 2**30), (32, 64), 1)
+    assert 8 <= smaller < tile
+    # RDN-B's 132-pixel halo: the smallest useful crop is a 384 bucket (a 118-pixel tile),
+    # whose estimate is ~1.8 GB, so a 2 GB budget cannot tile a large image and says so.
+    with pytest.raises(RequestError, match="too small"):
+        engine.choose_tile(model, (3000, 4000), engine.RenderSettings(
+            precision="float32", max_memory=2 * 2**30), (32, 64), 1)

@@ -58,6 +58,12 @@ class EDSR(nn.Module):
         area. Calibrated on CPU; overestimating is the safe side."""
         return 8 * self.n_feats
 
+    @property
+    def peak_fixed_bytes(self) -> int:
+        """Bytes at the encoder's peak that do not grow with the crop (beyond the parameters,
+        which the runtime reserve covers): none for EDSR."""
+        return 0
+
     @nn.compact
     def __call__(self, x: jnp.ndarray, mask=None) -> jnp.ndarray:
         x = _masked(nn.Conv(self.n_feats, (3, 3), padding=1, name="head")(_masked(x, mask)), mask)

@@ -10,14 +10,16 @@ The path, as in the authors' ``models/rdn.py`` (from EDSR-PyTorch) with ``no_ups
 
 Config A is (D, C, G) = (20, 6, 32), config B (16, 8, 64) (the released ``rdn-liif.pth``).
 
-Two choices that are ours, not the original's:
+Three choices that are ours, not the original's (none changes the parameters or the result
+beyond float32 summation order, well inside the 1e-4 feature bound):
 
-- The GFF 1x1 convolution is computed as a running sum of each block output times its slice
-  of the kernel, as each block finishes, instead of one 1x1 over the D*G0-channel
-  concatenation. Same parameters, same result up to float32 summation order (well inside the
-  1e-4 feature bound), but the D block outputs never need to be alive together: peak memory
-  per pixel drops from ~D*G0 channels to about one block's concatenation, so tiles can be
-  larger.
+- The D blocks run as one ``lax.scan`` over their stacked parameters (every block has the same
+  shapes). XLA then keeps one block's working set alive, not all D blocks' outputs: on CPU an
+  unrolled chain let XLA fuse the global fusion's additions into one at the end, holding every
+  block output until then. It also compiles one block instead of D.
+- The GFF 1x1 convolution is a running sum, inside that loop, of each block output times its
+  slice of the kernel, instead of one 1x1 over the D*G0-channel concatenation: the D block
+  outputs never need to be alive together.
 - ``mask``: the same scheme as ``EDSR`` (see ``edsr.py``): everything outside the valid region
   is zeroed after every convolution, so each convolution sees exactly the zero padding it
   would see on the image alone and bucketed crops give the unpadded image's features.
@@ -35,47 +37,53 @@ from liif_jax.models.edsr import _masked
 RDN_CONFIGS = {"A": (20, 6, 32), "B": (16, 8, 64)}
 
 
-class ResidualDenseBlock(nn.Module):
-    """C densely connected 3x3 conv + ReLU layers, 1x1 local feature fusion, local residual."""
+class ConvParams(nn.Module):
+    """Holds one convolution's parameters (kernel HWIO, bias) under its own name, as
+    ``nn.Conv`` would, for code that applies them itself (the scanned blocks)."""
 
-    growth0: int  # G0: block input and output channels
-    growth: int  # G: channels each convolution adds
-    n_layers: int  # C
-
-    @nn.compact
-    def __call__(self, x, mask=None):
-        features = x
-        for c in range(self.n_layers):
-            out = nn.Conv(self.growth, (3, 3), padding=1, name=f"conv_{c}")(features)
-            features = jnp.concatenate([features, _masked(nn.relu(out), mask)], axis=-1)
-        fused = nn.Conv(self.growth0, (1, 1), padding=0, name="LFF")(features)
-        return _masked(fused, mask) + x
-
-
-class ConcatFusion1x1(nn.Module):
-    """A 1x1 convolution (``n_parts * part_channels`` -> ``features``) over the channel
-    concatenation of ``n_parts`` maps, applied one part at a time and accumulated.
-
-    Call it once per part, in order: ``acc = fusion(part, i, acc)``. Its parameters are those
-    of a plain 1x1 ``nn.Conv`` over the concatenation (kernel (1, 1, n_parts*part_channels,
-    features), bias), so checkpoints map onto it unchanged."""
-
+    kernel_size: int
+    in_features: int
     features: int
-    n_parts: int
-    part_channels: int
 
     @nn.compact
-    def __call__(self, part, index: int, acc=None):
-        in_channels = self.n_parts * self.part_channels
+    def __call__(self):
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (1, 1, in_channels, self.features))
+                            (self.kernel_size, self.kernel_size, self.in_features, self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        lo = index * self.part_channels
-        weight = kernel[0, 0, lo:lo + self.part_channels]
-        out = jax.lax.dot_general(part, weight, (((part.ndim - 1,), (0,)), ((), ())))
-        if acc is None:
-            return out + bias
-        return acc + out
+        return kernel, bias
+
+
+class DenseBlockParams(nn.Module):
+    """The parameters of one residual dense block: conv_0..conv_{C-1} (3x3, growing inputs)
+    and LFF (1x1); names as in our weight files (``RDB_3/conv_5/kernel``)."""
+
+    growth0: int
+    growth: int
+    n_layers: int
+
+    @nn.compact
+    def __call__(self):
+        convs = [ConvParams(3, self.growth0 + c * self.growth, self.growth, name=f"conv_{c}")()
+                 for c in range(self.n_layers)]
+        lff = ConvParams(1, self.growth0 + self.n_layers * self.growth, self.growth0, name="LFF")()
+        return convs, lff
+
+
+def _conv(x, kernel, bias):
+    """Same-padded stride-1 convolution NHWC x HWIO, as ``nn.Conv`` computes it."""
+    pad = kernel.shape[0] // 2
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias
+
+
+def _dense_block(x, convs, lff, mask):
+    """C times: append relu(3x3 conv of everything so far); 1x1 fusion; plus the input."""
+    features = x
+    for kernel, bias in convs:
+        features = jnp.concatenate([features, _masked(nn.relu(_conv(features, kernel, bias)), mask)],
+                                   axis=-1)
+    return _masked(_conv(features, *lff), mask) + x
 
 
 class RDN(nn.Module):
@@ -100,23 +108,40 @@ class RDN(nn.Module):
     def peak_activation_channels(self) -> int:
         """float32 channels per crop pixel live at the encoder's peak; the engine multiplies
         it by the crop area. Inside a block the growing concatenation (G0 + C*G channels at
-        the end) exists twice while it is extended, beside the block input, SFENet1's output,
-        the GFF accumulator and the convolution's scratch. Calibrated by peak-RSS
-        measurements on CPU (benchmarks/bench_inference.py --memory-rdn); rounded up, since
-        overestimating is the safe side."""
-        block_concat = self.growth0 + self.n_layers * self.growth
-        return 3 * block_concat + 6 * self.growth0
+        the end) exists about twice while it is extended, beside the block input, SFENet1's
+        output, the GFF accumulator and the convolutions' scratch. Measured (peak RSS slope,
+        benchmarks/encoder_memory.py, CPU): 1802 for config B, 1057 for A; this states 2240
+        and 1280 (overestimating is the safe side)."""
+        return 3 * (self.growth0 + self.n_layers * self.growth) + 8 * self.growth0
+
+    @property
+    def peak_fixed_bytes(self) -> int:
+        """Bytes at the encoder's peak that do not grow with the crop: the scan's stacked copy
+        of the block parameters (85 MB for config B), counted twice for XLA's scratch
+        around it (measured constant part: ~97 MB for B, ~22 MB for A)."""
+        g0, g, c = self.growth0, self.growth, self.n_layers
+        per_block = sum(9 * (g0 + i * g) * g + g for i in range(c)) + (g0 + c * g) * g0 + g0
+        return 2 * 4 * self.n_blocks * per_block
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, mask=None) -> jnp.ndarray:
-        g0 = self.growth0
+        g0, n_blocks = self.growth0, self.n_blocks
         f1 = _masked(nn.Conv(g0, (3, 3), padding=1, name="SFENet1")(_masked(x, mask)), mask)
         x = _masked(nn.Conv(g0, (3, 3), padding=1, name="SFENet2")(f1), mask)
-        fusion = ConcatFusion1x1(g0, self.n_blocks, g0, name="GFF_0")
-        acc = None
-        for i in range(self.n_blocks):
-            x = ResidualDenseBlock(g0, self.growth, self.n_layers, name=f"RDB_{i}")(x, mask)
-            acc = fusion(x, i, acc)
+        blocks = [DenseBlockParams(g0, self.growth, self.n_layers, name=f"RDB_{i}")()
+                  for i in range(n_blocks)]
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *blocks)
+        gff_kernel, gff_bias = ConvParams(1, n_blocks * g0, g0, name="GFF_0")()
+        gff_slices = gff_kernel.reshape(n_blocks, g0, g0)  # block i's rows of the 1x1 kernel
+
+        def step(carry, block):
+            x, acc = carry
+            (convs, lff), gff_slice = block
+            x = _dense_block(x, convs, lff, mask)
+            return (x, acc + jnp.einsum("bhwc,cd->bhwd", x, gff_slice)), None
+
+        acc = jnp.broadcast_to(gff_bias, x.shape).astype(x.dtype)
+        (_, acc), _ = jax.lax.scan(step, (x, acc), (stacked, gff_slices))
         x = _masked(acc, mask)
         x = _masked(nn.Conv(g0, (3, 3), padding=1, name="GFF_1")(x), mask)
         return x + f1
