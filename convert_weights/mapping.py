@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 
+from convert_weights.torch_pickle import TensorRef
 from liif_jax.errors import CheckpointError
 
 # Present in every EDSR checkpoint, never applied by LIIF's encoder.
@@ -82,6 +83,16 @@ def torch_to_flax_array(value: np.ndarray) -> np.ndarray:
     return value
 
 
+def torch_to_flax_shape(shape: tuple) -> tuple:
+    """The shape ``torch_to_flax_array`` gives a tensor of torch shape ``shape``."""
+    shape = tuple(shape)
+    if len(shape) == 4:
+        return (shape[2], shape[3], shape[1], shape[0])
+    if len(shape) == 2:
+        return shape[::-1]
+    return shape
+
+
 def map_state_dict(state_dict, encoder_spec: dict):
     """Return (flat Flax params, dropped known-unused names) for a checkpoint whose normalised
     encoder spec is ``encoder_spec``. Unknown names are an error; missing names and shapes are
@@ -91,7 +102,7 @@ def map_state_dict(state_dict, encoder_spec: dict):
     to_flax_name, has_mean_shift = _name_mapper(encoder_spec)
     params, dropped, unknown = {}, [], []
     for name, value in state_dict.items():
-        if not isinstance(value, np.ndarray):
+        if not isinstance(value, (np.ndarray, TensorRef)):
             raise CheckpointError(f"checkpoint entry {name!r} is not a tensor")
         if has_mean_shift and KNOWN_UNUSED.match(str(name)):
             dropped.append(name)
@@ -102,7 +113,11 @@ def map_state_dict(state_dict, encoder_spec: dict):
             continue
         if value.dtype.kind != "f":
             raise CheckpointError(f"checkpoint entry {name!r} is not floating point ({value.dtype})")
-        params[ours] = torch_to_flax_array(value)
+        if ours in params:
+            raise CheckpointError(f"checkpoint has two entries for parameter {ours}, e.g. {name!r}")
+        # A TensorRef stays unread: the caller first checks every name and shape against
+        # the spec (torch_to_flax_shape), so a file cannot make us read what we would refuse.
+        params[ours] = value if isinstance(value, TensorRef) else torch_to_flax_array(value)
     if unknown:
         raise CheckpointError(
             f"checkpoint has {len(unknown)} unexpected entr{'y' if len(unknown) == 1 else 'ies'} "

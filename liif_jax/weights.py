@@ -58,7 +58,9 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def expected_param_shapes(module) -> dict[str, tuple]:
-    """Flat name -> shape of every parameter the module needs (no computation: eval_shape)."""
+    """Flat name -> shape of every parameter the module needs, by tracing its init
+    (``jax.eval_shape``). The reference for tests only: loaders use ``param_shapes(spec)``,
+    which needs no tracing, and tests hold the two equal."""
     import jax
     import jax.numpy as jnp
     from flax import traverse_util
@@ -77,7 +79,7 @@ def expected_param_shapes(module) -> dict[str, tuple]:
 
 
 def check_params(module, flat_params: dict[str, np.ndarray], where: str) -> None:
-    """Raise CheckpointError unless ``flat_params`` has exactly the module's names and shapes."""
+    """``check_param_shapes`` against a built module (traces it: for tests, not loaders)."""
     expected = expected_param_shapes(module)
     missing = sorted(set(expected) - set(flat_params))
     unexpected = sorted(set(flat_params) - set(expected))
@@ -86,11 +88,29 @@ def check_params(module, flat_params: dict[str, np.ndarray], where: str) -> None
     if unexpected:
         raise CheckpointError(f"{where} has {len(unexpected)} unexpected parameter(s), e.g. {unexpected[0]}")
     for name, shape in expected.items():
-        got = tuple(flat_params[name].shape)
+        got = tuple(np.shape(flat_params[name]))
         if got != shape:
             raise CheckpointError(f"{where}: parameter {name} has shape {got}, the spec needs {shape}")
-        if not np.all(np.isfinite(flat_params[name])):
-            raise CheckpointError(f"{where}: parameter {name} holds NaN or infinite values")
+
+
+def check_param_shapes(spec: dict, shapes: dict[str, tuple], where: str) -> None:
+    """Raise CheckpointError unless ``shapes`` ({flat name: shape}) has exactly the names and
+    shapes a normalised ``spec`` needs. Works on shapes alone, so loaders call it before they
+    read or allocate any tensor; the expected shapes come from the spec without tracing."""
+    from liif_jax.models.shapes import param_shapes
+
+    expected = param_shapes(spec)
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing:
+        raise CheckpointError(f"{where} is missing {len(missing)} parameter(s), e.g. {missing[0]}")
+    if unexpected:
+        raise CheckpointError(f"{where} has {len(unexpected)} unexpected parameter(s), "
+                              f"e.g. {unexpected[0][:100]}")
+    for name, shape in expected.items():
+        got = tuple(shapes[name])
+        if got != shape:
+            raise CheckpointError(f"{where}: parameter {name} has shape {got}, the spec needs {shape}")
 
 
 def model_from_flat(spec: dict, flat_params: dict[str, np.ndarray], metadata: dict, where: str) -> LiifModel:
@@ -98,9 +118,13 @@ def model_from_flat(spec: dict, flat_params: dict[str, np.ndarray], metadata: di
     from liif_jax.models import build_model
 
     spec = normalize_spec(spec)
-    module = build_model(spec)
+    # Names and shapes first: nothing is converted or built for a file that does not fit.
+    check_param_shapes(spec, {k: np.shape(v) for k, v in flat_params.items()}, where)
     flat_params = {k: np.asarray(v, dtype=np.float32) for k, v in flat_params.items()}
-    check_params(module, flat_params, where)
+    for name, value in flat_params.items():
+        if not np.all(np.isfinite(value)):
+            raise CheckpointError(f"{where}: parameter {name} holds NaN or infinite values")
+    module = build_model(spec)
     params = traverse_util.unflatten_dict(flat_params, sep="/")
     return LiifModel(spec=spec, module=module, params=params, metadata=dict(metadata))
 
@@ -131,33 +155,72 @@ def _looks_like_safetensors(data: bytes) -> bool:
     return 2 <= n <= len(data) - 8 and data[8:9] == b"{"
 
 
-def read_tagged_safetensors(data: bytes, where: str, fmt: str, version: str, kind: str):
-    """(tensors, metadata) of a safetensors file whose metadata says ``format`` = ``fmt`` and
-    ``format_version`` = ``version``; CheckpointError naming ``where`` otherwise."""
+# Largest safetensors JSON header we parse (a real one is ~10 KB; one for a model at the
+# spec limits with its optimiser state, ~2 MB). JSON can take ~20x its size as Python objects,
+# so this also bounds what a hostile header costs before anything is checked.
+MAX_SAFETENSORS_HEADER = 8 << 20
+
+
+def read_safetensors_header(data: bytes, where: str, fmt: str, version: str, kind: str):
+    """({tensor name: shape}, metadata) from a safetensors file's JSON header alone (no tensor
+    is read), after checking that the metadata says ``format`` = ``fmt`` and ``format_version``
+    = ``version``; CheckpointError naming ``where`` otherwise."""
     import json
 
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if not 2 <= size <= len(data) - 8:
+        raise CheckpointError(f"{where} is not a readable {kind} (no safetensors header)")
+    if size > MAX_SAFETENSORS_HEADER:
+        raise CheckpointError(f"{where} has a {size:,}-byte safetensors header, over liif-jax's "
+                              f"limit of {MAX_SAFETENSORS_HEADER:,}")
+    try:
+        header = json.loads(data[8:8 + size])
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{where} is not a readable {kind} ({str(exc)[:80]})") from None
+    metadata = header.pop("__metadata__", None) if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("format") != fmt:
+        raise CheckpointError(f"{where} is a safetensors file but not a liif-jax {kind} (no format tag)")
+    if not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{where} is not a readable {kind} (metadata values must be text)")
+    if metadata.get("format_version") != version:
+        raise CheckpointError(f"{where} has {kind} format version "
+                              f"{str(metadata.get('format_version'))[:20]!r}; "
+                              f"this liif-jax reads version {version}")
+    shapes = {}
+    for name, info in header.items():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
+            raise CheckpointError(f"{where} is not a readable {kind} (bad entry {name[:60]!r})")
+        shapes[name] = tuple(shape)
+    return shapes, metadata
+
+
+def read_tagged_safetensors(data: bytes, where: str, fmt: str, version: str, kind: str):
+    """(tensors, metadata) of a safetensors file whose metadata says ``format`` = ``fmt`` and
+    ``format_version`` = ``version``; CheckpointError naming ``where`` otherwise. The header is
+    checked before any tensor is read."""
+    _, metadata = read_safetensors_header(data, where, fmt, version, kind)
+    return _load_safetensors(data, where, kind), metadata
+
+
+def _load_safetensors(data: bytes, where: str, kind: str) -> dict:
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
     try:
-        tensors = load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
+        return load(data)
     except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{where} is not a readable {kind} ({str(exc)[:80]})") from None
-    if metadata.get("format") != fmt:
-        raise CheckpointError(f"{where} is a safetensors file but not a liif-jax {kind} (no format tag)")
-    if metadata.get("format_version") != version:
-        raise CheckpointError(f"{where} has {kind} format version {metadata.get('format_version')!r}; "
-                              f"this liif-jax reads version {version}")
-    return tensors, metadata
 
 
 def read_weights(data: bytes, where: str) -> LiifModel:
-    """Parse a liif-jax safetensors file held in ``data``."""
-    tensors, metadata = read_tagged_safetensors(data, where, WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION,
-                                                "weight file")
+    """Parse a liif-jax safetensors file held in ``data``: its spec (bounded by the spec limits)
+    and the header's names and shapes are checked before any tensor is read."""
+    shapes, metadata = read_safetensors_header(data, where, WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION,
+                                               "weight file")
     spec = spec_from_json(metadata.get("spec", ""))
+    check_param_shapes(spec, shapes, where)
+    tensors = _load_safetensors(data, where, "weight file")
     info = {k: v for k, v in metadata.items() if k not in ("format", "format_version", "spec")}
     return model_from_flat(spec, tensors, info, where)
 

@@ -28,20 +28,25 @@ class FloatStorage:  # stand-in, renamed to torch.FloatStorage
 
 
 class Tensor:
-    """A tensor to write: ``array`` plus optional overrides of what the pickle claims."""
+    """A tensor to write: ``array`` plus optional overrides of what the pickle claims.
 
-    def __init__(self, array, size=None, stride=None, offset=0):
+    ``storage_numel`` makes the storage longer than ``array``: the zip writer then stores it
+    deflated, ``array`` followed by zeros, streamed (a big storage in a small file)."""
+
+    def __init__(self, array, size=None, stride=None, offset=0, storage_numel=None):
         self.array = np.ascontiguousarray(array, dtype="<f4")
         self.size = tuple(self.array.shape) if size is None else tuple(size)
         if stride is None:
             stride = tuple(s // 4 for s in self.array.strides) if self.array.ndim else ()
         self.stride = tuple(stride)
         self.offset = offset
+        self.storage_numel = self.array.size if storage_numel is None else storage_numel
 
 
 class _StorageRef:
-    def __init__(self, key, array):
+    def __init__(self, key, array, numel=None):
         self.key, self.array = key, array
+        self.numel = array.size if numel is None else numel
 
 
 class _Pickler(pickle.Pickler):
@@ -55,7 +60,7 @@ class _Pickler(pickle.Pickler):
             obj = Tensor(obj)
         if isinstance(obj, Tensor):
             key = str(len(self.storages)) if not self.legacy else str(140000000 + len(self.storages))
-            ref = _StorageRef(key, obj.array)
+            ref = _StorageRef(key, obj.array, obj.storage_numel)
             self.storages.append(ref)
             return (_rebuild_tensor_v2,
                     (ref, obj.offset, obj.size, obj.stride, False, collections.OrderedDict()))
@@ -63,7 +68,7 @@ class _Pickler(pickle.Pickler):
 
     def persistent_id(self, obj):
         if isinstance(obj, _StorageRef):
-            pid = ("storage", FloatStorage, obj.key, "cpu", int(obj.array.size))
+            pid = ("storage", FloatStorage, obj.key, "cpu", int(obj.numel))
             return pid + (None,) if self.legacy else pid
         return None
 
@@ -96,9 +101,77 @@ def torch_zip_bytes(obj, prefix="archive", extra_renames=None) -> bytes:
         z.writestr(f"{prefix}/data.pkl", data)
         z.writestr(f"{prefix}/byteorder", "little")
         for ref in storages:
-            z.writestr(f"{prefix}/data/{ref.key}", ref.array.tobytes())
+            if ref.numel == ref.array.size:
+                z.writestr(f"{prefix}/data/{ref.key}", ref.array.tobytes())
+            else:
+                write_deflated(z, f"{prefix}/data/{ref.key}", ref.array.tobytes(),
+                               ref.numel * 4 - ref.array.nbytes)
         z.writestr(f"{prefix}/version", "3\n")
     return out.getvalue()
+
+
+def write_deflated(z: zipfile.ZipFile, name: str, head: bytes, zeros: int) -> None:
+    """Write entry ``name``: ``head`` then ``zeros`` zero bytes, deflated as it streams (a
+    1 GiB entry costs ~1 MB of file and never 1 GiB of memory here)."""
+    chunk = bytes(1 << 20)
+    info = zipfile.ZipInfo(name)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with z.open(info, "w", force_zip64=True) as f:
+        f.write(head)
+        while zeros > 0:
+            f.write(chunk[:min(zeros, len(chunk))])
+            zeros -= len(chunk)
+
+
+def zip_with_pickle(pickle_bytes: bytes, storages: dict | None = None, prefix="archive") -> bytes:
+    """A torch zip around hand-written ``pickle_bytes`` and raw ``storages`` {key: bytes}."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        z.writestr(f"{prefix}/data.pkl", pickle_bytes)
+        z.writestr(f"{prefix}/byteorder", "little")
+        for key, raw in (storages or {}).items():
+            z.writestr(f"{prefix}/data/{key}", raw)
+        z.writestr(f"{prefix}/version", "3\n")
+    return out.getvalue()
+
+
+# Hand-written pickle opcodes (protocol 2), for streams no Python object pickles to.
+class op:  # noqa: N801 (a namespace of byte strings)
+    PROTO2, STOP, MARK, TUPLE, EMPTY_TUPLE = b"\x80\x02", b".", b"(", b"t", b")"
+    EMPTY_DICT, EMPTY_LIST, SETITEM, APPEND, BUILD, REDUCE = b"}", b"]", b"s", b"a", b"b", b"R"
+    NONE, NEWFALSE, DUP, POP, BINPERSID = b"N", b"\x89", b"2", b"0", b"Q"
+
+    @staticmethod
+    def glob(module: str, name: str) -> bytes:
+        return f"c{module}\n{name}\n".encode()
+
+    @staticmethod
+    def text(s: str) -> bytes:
+        raw = s.encode()
+        return b"X" + struct.pack("<I", len(raw)) + raw
+
+    @staticmethod
+    def int(n: int) -> bytes:
+        if -(1 << 31) <= n < (1 << 31):
+            return b"J" + struct.pack("<i", n)
+        raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+        return b"\x8a" + bytes([len(raw)]) + raw  # LONG1
+
+    @staticmethod
+    def put(i: int) -> bytes:
+        return b"r" + struct.pack("<I", i)
+
+    @staticmethod
+    def get(i: int) -> bytes:
+        return b"j" + struct.pack("<I", i)
+
+    @staticmethod
+    def tuple(*items: bytes) -> bytes:
+        return b"(" + b"".join(items) + b"t"
+
+    @staticmethod
+    def bytes8(declared: int, actual: bytes = b"") -> bytes:
+        return b"\x8e" + struct.pack("<Q", declared) + actual
 
 
 def torch_legacy_bytes(obj, extra_renames=None) -> bytes:
@@ -111,8 +184,8 @@ def torch_legacy_bytes(obj, extra_renames=None) -> bytes:
     out.write(data)
     pickle.dump([ref.key for ref in storages], out, protocol=2)
     for ref in storages:
-        out.write(struct.pack("<q", ref.array.size))
-        out.write(ref.array.tobytes())
+        out.write(struct.pack("<q", ref.numel))
+        out.write(ref.array.tobytes() + bytes(4 * (ref.numel - ref.array.size)))
     return out.getvalue()
 
 

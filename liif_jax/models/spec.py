@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 
 from liif_jax.errors import CheckpointError
 
@@ -31,15 +32,58 @@ _RDN_DEFAULTS = {"G0": 64, "RDNkSize": 3, "RDNconfig": "B", "scale": 2, "no_upsa
 _RDN_CONFIGS = ("A", "B")
 _LIIF_DEFAULTS = {"local_ensemble": True, "feat_unfold": True, "cell_decode": True}
 
+# Upper bounds on what a spec may ask for, checked before any model is built or any tensor
+# read. Far above every published LIIF (the largest, full EDSR-LIIF, has ~40 M parameters),
+# but they stop a few hundred bytes of hostile spec from making us trace or allocate a giant
+# model. Stated in README (convert section) and in each refusal.
+MAX_PARAMETERS = 250_000_000  # 1 GB of float32
+MAX_BLOCKS = 1_000  # n_resblocks (and any other encoder's block count)
+MAX_CHANNELS = 16_384  # n_feats, G0, every MLP width
+MAX_HIDDEN_LAYERS = 100  # entries of the MLP's hidden_list
+MAX_SPEC_JSON = 1 << 16  # characters of the stored spec (a real one takes ~300)
+
 
 def _refuse(what: str) -> CheckpointError:
     return CheckpointError(f"unsupported architecture: {what} ({SUPPORTED})")
 
 
-def _check_int(value, name, minimum):
+def _describe(value) -> str:
+    """A short one-line repr of a value from an untrusted file: never huge, never nested
+    deeper than reprlib allows, and no int-to-text conversion of a giant number."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 15:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        return reprlib.repr(value)[:80]
+    except Exception:  # e.g. a giant int nested inside a list
+        return f"a {type(value).__name__}"
+
+
+def _check_int(value, name, minimum, maximum=None):
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise CheckpointError(f"model spec has an invalid {name}: {value!r}")
+        raise CheckpointError(f"model spec has an invalid {name}: {_describe(value)}")
+    if maximum is not None and value > maximum:
+        raise CheckpointError(f"model spec has {name}={_describe(value)}, over liif-jax's limit "
+                              f"of {maximum:,} (limits: README, 'convert')")
     return value
+
+
+def _check_size(spec: dict) -> None:
+    """Refuse a normalised spec whose model is over MAX_PARAMETERS, or whose stored form
+    would not be plain, small JSON (e.g. a tensor or a giant number in an unused argument)."""
+    from liif_jax.models.shapes import param_count
+
+    try:
+        text = spec_to_json(spec)
+    except (TypeError, ValueError, RecursionError):
+        raise CheckpointError("model spec holds values that are not plain numbers, strings "
+                              "or booleans") from None
+    if len(text) > MAX_SPEC_JSON:
+        raise CheckpointError(f"model spec is {len(text):,} characters long, over liif-jax's "
+                              f"limit of {MAX_SPEC_JSON:,}")
+    count = param_count(spec)
+    if count > MAX_PARAMETERS:
+        raise CheckpointError(f"model spec describes {count:,} parameters, over liif-jax's limit "
+                              f"of {MAX_PARAMETERS:,} (limits: README, 'convert')")
 
 
 def _normalize_edsr_args(enc) -> dict:
@@ -53,8 +97,8 @@ def _normalize_edsr_args(enc) -> dict:
     enc_args.update(enc.get("args") or {})
     if not enc_args["no_upsampling"]:
         raise _refuse("an EDSR encoder with its upsampler (LIIF uses no_upsampling=True)")
-    _check_int(enc_args["n_resblocks"], "n_resblocks", 0)
-    _check_int(enc_args["n_feats"], "n_feats", 1)
+    _check_int(enc_args["n_resblocks"], "n_resblocks", 0, MAX_BLOCKS)
+    _check_int(enc_args["n_feats"], "n_feats", 1, MAX_CHANNELS)
     res_scale = enc_args["res_scale"]
     if isinstance(res_scale, bool) or not isinstance(res_scale, (int, float)) or not math.isfinite(res_scale):
         raise CheckpointError(f"model spec has an invalid res_scale: {res_scale!r}")
@@ -76,7 +120,7 @@ def _normalize_rdn_args(given) -> dict:
     k_size = enc_args["RDNkSize"]
     if isinstance(k_size, bool) or not isinstance(k_size, int) or k_size != 3:
         raise _refuse(f"an RDN with RDNkSize={enc_args['RDNkSize']!r} (only 3x3 kernels)")
-    _check_int(enc_args["G0"], "G0", 1)
+    _check_int(enc_args["G0"], "G0", 1, MAX_CHANNELS)
     return enc_args
 
 
@@ -116,7 +160,10 @@ def normalize_spec(spec) -> dict:
     hidden = im_args.get("hidden_list")
     if not isinstance(hidden, (list, tuple)) or not hidden:
         raise CheckpointError("model spec has no mlp hidden_list")
-    hidden = [_check_int(h, "hidden_list entry", 1) for h in hidden]
+    if len(hidden) > MAX_HIDDEN_LAYERS:
+        raise CheckpointError(f"model spec has {len(hidden):,} mlp hidden layers, over liif-jax's "
+                              f"limit of {MAX_HIDDEN_LAYERS}")
+    hidden = [_check_int(h, "hidden_list entry", 1, MAX_CHANNELS) for h in hidden]
     im_args = {"out_dim": out_dim, "hidden_list": hidden}
 
     flags = dict(_LIIF_DEFAULTS)
@@ -126,7 +173,7 @@ def normalize_spec(spec) -> dict:
                 raise CheckpointError(f"model spec has a non-boolean {key}: {args[key]!r}")
             flags[key] = args[key]
 
-    return {
+    normalized = {
         "name": "liif",
         "args": {
             "encoder_spec": {"name": enc["name"], "args": enc_args},
@@ -134,6 +181,8 @@ def normalize_spec(spec) -> dict:
             **flags,
         },
     }
+    _check_size(normalized)
+    return normalized
 
 
 def spec_to_json(spec: dict) -> str:
@@ -144,4 +193,6 @@ def spec_from_json(text: str) -> dict:
     try:
         return normalize_spec(json.loads(text))
     except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"weight file has an unreadable model spec ({exc})") from None
+        raise CheckpointError(f"weight file has an unreadable model spec ({str(exc)[:80]})") from None
+    except RecursionError:
+        raise CheckpointError("weight file has an unreadable model spec (nested too deeply)") from None

@@ -130,10 +130,11 @@ def export_weights(source, dest) -> tuple[int, Path]:
     """Write the inference weight file (the converter's format) of a training checkpoint, or of
     the newest one in a workdir. Returns (step, checkpoint path)."""
     import jax
+    import jax.numpy as jnp
+    from flax import traverse_util
 
-    from liif_jax.models import build_model
+    from liif_jax.models.shapes import param_shapes
     from liif_jax.models.spec import spec_from_json
-    from liif_jax.train.step import init_params
     from liif_jax.weights import flat_params, model_from_flat, save_weights
 
     source = Path(source)
@@ -148,10 +149,15 @@ def export_weights(source, dest) -> tuple[int, Path]:
     else:
         raise CheckpointError(f"not found: {source}")
     tensors, meta = read_checkpoint(path)
-    step = int(meta.get("step", step or 0))
-    spec = spec_from_json(meta.get("spec", ""))
-    module = build_model(spec)
-    template = jax.eval_shape(lambda: init_params(module, 0))  # names and shapes, no compute
+    try:
+        step = int(meta.get("step", step or 0))
+    except ValueError:
+        raise CheckpointError(f"checkpoint {path.name} has an unreadable step") from None
+    spec = spec_from_json(meta.get("spec", ""))  # bounded by the spec limits
+    # Names and shapes from the spec alone: tracing a model to learn them would let a hostile
+    # spec cost minutes and gigabytes before anything is compared.
+    template = traverse_util.unflatten_dict(
+        {k: jax.ShapeDtypeStruct(v, jnp.float32) for k, v in param_shapes(spec).items()}, sep="/")
     flat = flat_params(restore_tree(tensors, template, "params", f"checkpoint {path.name}"))
     info = {"source_name": f"{path.parent.parent.name}/{path.name}" if path.parent.name == "checkpoints"
             else path.name,
