@@ -103,7 +103,9 @@ upscales start at once.
 
 GIMP_HELP = """\
 install    copy the "Upscale (LIIF)..." filter into every GIMP 3.0 / 2.10 profile found, with
-           a config pointing at this Python ($LIIF_JAX_PYTHON overrides); restart GIMP after
+           a config pointing at this Python ($LIIF_JAX_PYTHON overrides); restart GIMP after.
+           --weights FILE: the filter uses FILE (e.g. the authors' rdn-liif.pth) instead of
+           the bundled weights; checked here, recorded in the plug-in's liif_jax_gimp.json
 uninstall  remove it again
 doctor     print GIMP version, plug-in folders, interpreter, weights, JAX devices and a verdict
 
@@ -139,7 +141,9 @@ never stopped; Ctrl+C or SIGTERM saves a checkpoint before stopping. --steps N t
 global step N (default: the config's total, 1M for 'paper').
 
 CONFIG is 'paper' (EDSR-baseline-LIIF, batch 16, Adam 1e-4 halved at 200k/400k/600k/800k),
-'tiny' (a 4.7k-parameter model for CPU experiments) or a .py file whose get_config()
+'rdn' (the paper's RDN-LIIF: the same recipe with the RDN encoder; fine-tune the authors'
+rdn-liif.pth with --init-from), 'tiny' (a 4.7k-parameter model for CPU experiments) or a
+.py file whose get_config()
 returns a liif_jax.configs.TrainConfig (see liif_jax/configs/__init__.py).
 
 The batch is split over all devices (GPUs/TPU cores); --distributed runs one process per
@@ -334,6 +338,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     gimp = sub.add_parser("gimp", help="install, remove or check the GIMP plug-in",
                           description=GIMP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     gimp.add_argument("action", choices=("install", "uninstall", "doctor"))
+    gimp.add_argument("--weights", metavar="FILE",
+                      help="install: the weight file the filter uses (.safetensors or .pth, e.g. the "
+                           "authors' rdn-liif.pth; default: the bundled ones)")
     gimp.set_defaults(run=run_gimp)
     ev = sub.add_parser("eval", help="PSNR/SSIM with the paper's protocol, against bicubic",
                         description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -347,7 +354,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ev.set_defaults(run=run_eval)
     tr = sub.add_parser("train", help="train or fine-tune (the paper's recipe, resumable)",
                         description=TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    tr.add_argument("--config", default="paper", metavar="CONFIG", help="paper | tiny | FILE.py (default paper)")
+    tr.add_argument("--config", default="paper", metavar="CONFIG", help="paper | rdn | tiny | FILE.py (default paper)")
     tr.add_argument("--data", required=True, metavar="DIR", help="folder of high-resolution training images")
     tr.add_argument("--workdir", required=True, metavar="DIR", help="folder of this run (created; resumed if present)")
     tr.add_argument("--steps", type=int, metavar="N", help="train up to global step N (default: the config's total)")
@@ -486,8 +493,11 @@ def run_export(args) -> int:
 def run_gimp(args) -> int:
     from liif_jax import gimp_setup
 
-    action = {"install": gimp_setup.run_install, "uninstall": gimp_setup.run_uninstall,
-              "doctor": gimp_setup.run_doctor}[args.action]
+    if args.weights is not None and args.action != "install":
+        raise RequestError(f"--weights goes with 'gimp install', not 'gimp {args.action}'")
+    if args.action == "install":
+        return gimp_setup.run_install(weights=args.weights)
+    action = {"uninstall": gimp_setup.run_uninstall, "doctor": gimp_setup.run_doctor}[args.action]
     return action()
 
 

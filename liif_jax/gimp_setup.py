@@ -79,8 +79,9 @@ def _copy(src: Path, dst: Path, executable: bool) -> None:
     os.chmod(dst, mode)
 
 
-def install_into(d: PluginDir, python: str) -> list[Path]:
-    """Copy the plug-in for ``d.gimp`` into ``d`` and write its config; returns the files."""
+def install_into(d: PluginDir, python: str, weights: str | None = None) -> list[Path]:
+    """Copy the plug-in for ``d.gimp`` into ``d`` and write its config; returns the files.
+    ``weights``: an absolute weight-file path the filter uses instead of the bundled one."""
     if d.gimp == "3.0":
         folder = d.path / PLUGIN
         files = [(f"{PLUGIN}/{PLUGIN}.py", folder / f"{PLUGIN}.py", True),
@@ -94,7 +95,7 @@ def install_into(d: PluginDir, python: str) -> list[Path]:
         _copy(_source(src), dst, executable)
     from liif_jax import __version__
 
-    config.write_text(json.dumps({"python": python, "weights": None, "start_server": True,
+    config.write_text(json.dumps({"python": python, "weights": weights, "start_server": True,
                                   "liif_jax_version": __version__}, indent=2) + "\n")
     return [dst for _, dst, _ in files] + [config]
 
@@ -118,20 +119,34 @@ def interpreter() -> str:
     return os.environ.get("LIIF_JAX_PYTHON") or sys.executable
 
 
-def run_install(out=print) -> int:
+def checked_weights(weights) -> str:
+    """The absolute path of a weight file the filter is to use, after loading it once here:
+    a wrong file fails now, in the terminal, not later inside GIMP."""
+    from liif_jax.weights import load_model
+
+    path = Path(weights).expanduser().resolve()
+    load_model(path)  # CheckpointError (one line) if missing, unreadable or not a LIIF model
+    return str(path)
+
+
+def run_install(out=print, weights=None) -> int:
+    weights = checked_weights(weights) if weights is not None else None
     dirs = present_dirs()
     if not dirs:
         raise LiifError("no GIMP 3.0 or 2.10 profile found; start GIMP once, then run this again "
                            "(looked in: " + ", ".join(str(d.path.parent) for d in candidate_dirs()) + ")")
     python = interpreter()
     for d in dirs:
-        files = install_into(d, python)
+        files = install_into(d, python, weights)
         note = ""
         if d.sandbox:
             note = (f" -- note: {d.sandbox} GIMP cannot run programs outside its sandbox, so it "
                     f"cannot reach {python}; use a non-{d.sandbox} GIMP")
         out(f"installed for GIMP {d.gimp}: {files[0].parent}{note}")
     out(f"the plug-in will run liif-jax with {python}; restart GIMP, then use Image > Upscale (LIIF)...")
+    if weights:
+        out(f"with the weights {weights} (each upscale loads them in a fresh worker; "
+            "'liif-jax gimp install' without --weights goes back to the bundled ones)")
     return 0
 
 
@@ -185,6 +200,16 @@ def run_doctor(out=print) -> int:
         if not Path(config.get("python") or "").exists():
             problems.append(f"GIMP {d.gimp} plug-in points at a missing interpreter {config.get('python')}: "
                             "run 'liif-jax gimp install' again")
+        if config.get("weights"):
+            try:
+                from liif_jax.weights import load_model
+
+                model = load_model(config["weights"])
+                kind = model.spec["args"]["encoder_spec"]["name"]
+                out(f"weights:      GIMP {d.gimp} filter uses {config['weights']} ({kind}-liif)")
+            except Exception as exc:  # doctor reports, never crashes
+                problems.append(f"GIMP {d.gimp} plug-in's weights {config['weights']} do not load "
+                                f"({exc}): run 'liif-jax gimp install --weights FILE' again")
         if not os.access(folder / f"{PLUGIN}.py", os.X_OK) or not stat.S_IMODE((folder / f"{PLUGIN}.py").stat().st_mode) & 0o100:
             problems.append(f"{folder / (PLUGIN + '.py')} is not executable")
     try:

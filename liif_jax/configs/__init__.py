@@ -22,7 +22,7 @@ from pathlib import Path
 
 from liif_jax.errors import RequestError
 
-BUILT_IN = ("paper", "tiny")
+BUILT_IN = ("paper", "rdn", "tiny")
 
 
 def _edsr_baseline_liif() -> dict:
