@@ -50,14 +50,14 @@ def test_tiles_equal_untiled_tiny(tiny_model, tile, out_hw):
     image = read_rgb01(COFFEE)
     whole = engine.render(tiny_model, image, out_hw, raw=True, settings=settings())
     tiled = engine.render(tiny_model, image, out_hw, raw=True, settings=settings(tile=tile))
-    assert np.abs(tiled - whole).max() <= 1e-5
+    assert np.array_equal(tiled, whole)  # exact, not close: tiles never change a bit
 
 
 def test_tiles_equal_untiled_real_model(real_model):
     image = read_rgb01(DEV / "in_chelsea_32x32.png")
     whole = engine.render(real_model, image, (80, 80), settings=settings())
     tiled = engine.render(real_model, image, (80, 80), settings=settings(tile=5))
-    assert np.abs(tiled - whole).max() <= 1e-5
+    assert np.array_equal(tiled, whole)
     assert np.abs(tiled - np.load(DEV / "chelsea_32x32_to_80x80.npy")).max() <= 1e-4
 
 
@@ -136,7 +136,7 @@ def test_region_equals_the_crop_of_the_full_render(real_model, scale, region):
     part = liif_jax.upscale(image, scale=scale, model=real_model, precision="float32", region=region)
     x, y, w, h = (int(v * scale) for v in region)
     assert part.shape == (h, w, 3)
-    assert np.abs(part - full[y:y + h, x:x + w]).max() <= 1e-5
+    assert np.array_equal(part, full[y:y + h, x:x + w])
 
 
 def test_region_with_a_size_spreads_it_over_the_window(tiny_model):
@@ -144,7 +144,7 @@ def test_region_with_a_size_spreads_it_over_the_window(tiny_model):
     whole = liif_jax.upscale(image, size=(61, 97), model=tiny_model, precision="float32")
     same = liif_jax.upscale(image, size=(61, 97), model=tiny_model, precision="float32",
                             region=(0, 0, 24, 40))
-    assert np.abs(whole - same).max() <= 1e-6
+    assert np.array_equal(whole, same)
     sub = liif_jax.upscale(image, size=(30, 20), model=tiny_model, region=(1.5, 2.25, 10.5, 7))
     assert sub.shape == (20, 30, 3)
 
@@ -212,7 +212,7 @@ def test_four_devices_give_the_single_device_result(tmp_path, tiny_model, real_m
     for model, name, tile in [(tiny_model, "tiny", None), (tiny_model, "tiny", 3), (real_model, "real", None)]:
         single = engine.render(model, image, (97, 61), raw=True, settings=settings(tile=tile))
         sharded = np.load(tmp_path / f"{name}_{tile}.npy")
-        assert np.abs(single - sharded).max() <= 1e-6
+        assert np.array_equal(single, sharded)
 
 
 # ---------------------------------------------------------------- backends, calls, budgets
