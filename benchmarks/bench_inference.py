@@ -384,7 +384,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--original", metavar="DIR", help="the authors' code folder (needs torch)")
     parser.add_argument("--weights", metavar="FILE",
-                        help="a .pth for every case, both sides (default: bundled; RDN cases: RDN-A)")
+                        help="weights for every case (default: bundled; 'rdn-a' cases: the shared RDN-A "
+                             "checkpoint); --original needs a .pth its code can load")
     parser.add_argument("--big", action="store_true", help="also run 3456x4608 -> x2 (30-60 min on 2 cores)")
     parser.add_argument("--workdir", default="/tmp/liif-jax-bench", help="where --big writes its files")
     parser.add_argument("--host-overhead", action="store_true",
