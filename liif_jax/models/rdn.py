@@ -109,19 +109,21 @@ class RDN(nn.Module):
         """float32 channels per crop pixel live at the encoder's peak; the engine multiplies
         it by the crop area. Inside a block the growing concatenation (G0 + C*G channels at
         the end) exists about twice while it is extended, beside the block input, SFENet1's
-        output, the GFF accumulator and the convolutions' scratch. Measured (peak RSS slope,
-        benchmarks/encoder_memory.py, CPU): 1802 for config B, 1057 for A; this states 2240
-        and 1280 (overestimating is the safe side)."""
-        return 3 * (self.growth0 + self.n_layers * self.growth) + 8 * self.growth0
+        output, the GFF accumulator and the convolutions' scratch. Measured (peak-RSS slope
+        over crop area, benchmarks/encoder_memory.py, CPU): 1802 for config B, 1057 for A,
+        i.e. ~2.33 (G0 + C*G) + ~7.2 G0; this states 2.5 (G0 + C*G) + 8 G0 = 1952 and 1152,
+        8-9% above (overestimating is the safe side, but RDN-B's smallest exact tile is a
+        384-pixel crop, so a generous margin would put it over the 2 GB default budget)."""
+        return 5 * (self.growth0 + self.n_layers * self.growth) // 2 + 8 * self.growth0
 
     @property
     def peak_fixed_bytes(self) -> int:
         """Bytes at the encoder's peak that do not grow with the crop: the scan's stacked copy
-        of the block parameters (85 MB for config B), counted twice for XLA's scratch
-        around it (measured constant part: ~97 MB for B, ~22 MB for A)."""
+        of the block parameters (85 MB for config B, 21 MB for A) plus a quarter for XLA's
+        scratch around it (measured constant part of the peak: ~97 MB for B, ~22 MB for A)."""
         g0, g, c = self.growth0, self.growth, self.n_layers
         per_block = sum(9 * (g0 + i * g) * g + g for i in range(c)) + (g0 + c * g) * g0 + g0
-        return 2 * 4 * self.n_blocks * per_block
+        return 5 * 4 * self.n_blocks * per_block // 4
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, mask=None) -> jnp.ndarray:
