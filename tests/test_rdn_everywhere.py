@@ -1,5 +1,5 @@
 """RDN-LIIF everywhere a model goes: the same small RDN as a torch .pth and as a .safetensors
-file through `upscale --weights`, the API, the bridge, the GIMP setup (install --weights,
+file through `upscale --weights`, the API, the bridge and the warm server, the GIMP setup (install --weights,
 doctor, the plug-in's client), eval, compare, `train --config rdn`, --init-from and export;
 and bfloat16 on the RDN-A goldens."""
 
@@ -280,3 +280,30 @@ def test_rdn_bfloat16_stays_close_to_the_goldens():
     print(f"RDN-A bfloat16 worst clamped error: {worst:.3g}")
     assert worst <= BF16_BOUND
     assert worst > 1e-6  # it really ran in bfloat16
+
+
+def test_warm_server_serves_rdn_weights(rdn_files, rdn_model):
+    """`liif-jax serve --weights rdn.pth`: the socket server answers with that model."""
+    from test_bridge import request
+    from test_bridge_transport import ServerEnv
+
+    from liif_jax.bridge import protocol
+
+    env = ServerEnv("unix")
+    try:
+        env.start("--idle-timeout", "120", weights=str(rdn_files[0]))
+        channel = env.channel()
+        pixels = np.rint(read_rgb01(COFFEE) * 255).astype(np.uint8)
+        header, payload = request(pixels, "u8", "RGB", scale=2)
+        channel.wfile.write(protocol.encode(header) + payload)
+        channel.wfile.flush()
+        while True:
+            message = json.loads(channel.rfile.readline())
+            if message["event"] != "progress":
+                break
+        assert message["event"] == "result", message
+        got = np.frombuffer(channel.rfile.read(message["bytes"]), np.uint8).reshape(80, 48, 3)
+        assert np.array_equal(got, liif_jax.upscale(pixels, scale=2, model=rdn_model, dtype=np.uint8))
+        channel.close()
+    finally:
+        env.cleanup()
