@@ -4,18 +4,21 @@ GIMP 3 loads ``<plug-ins>/liif_upscale/liif_upscale.py`` (folder and file named 
 executable); GIMP 2.10 loads executable files directly in ``<plug-ins>``. Next to the plug-in
 we write ``liif_jax_gimp.json`` with the absolute path of this interpreter (or
 ``$LIIF_JAX_PYTHON``), so the plug-in -- which runs in GIMP's own Python and never imports JAX
--- knows which Python has liif-jax. Plug-in folders per platform:
+-- knows which Python has liif-jax. Every GIMP 3.x keeps its profile in a folder named after
+its minor version (3.0, 3.2, ...), all loading the same plug-in; 2.10 gets its own variant.
+Profile roots per platform (each holding ``<version>/plug-ins``):
 
-- Linux:   $XDG_CONFIG_HOME (~/.config)/GIMP/{3.0,2.10}/plug-ins; Flatpak
-  ~/.var/app/org.gimp.GIMP/config/GIMP/...; Snap ~/snap/gimp/current/.config/GIMP/...
-- macOS:   ~/Library/Application Support/GIMP/{3.0,2.10}/plug-ins
-- Windows: %APPDATA%/GIMP/{3.0,2.10}/plug-ins
+- Linux:   $XDG_CONFIG_HOME (~/.config)/GIMP; Flatpak ~/.var/app/org.gimp.GIMP/config/GIMP;
+  Snap ~/snap/gimp/current/.config/GIMP
+- macOS:   ~/Library/Application Support/GIMP
+- Windows: %APPDATA%/GIMP
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -30,37 +33,78 @@ CLIENT = "liif_bridge_client.py"
 CONFIG = "liif_jax_gimp.json"
 
 
+# Profile folders we install into: every GIMP 3.x (one plug-in for all of them) and 2.10.
+_VERSION_RE = re.compile(r"^(\d+)\.(\d+)$")
+# Listed even when absent (doctor and the "looked in" message name them): where GIMP 3.0 and
+# 2.10 would make their profiles.
+_DEFAULT_VERSIONS = ("3.0", "2.10")
+
+
+def _version_key(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")
+    return int(major), int(minor)
+
+
 @dataclass(frozen=True)
 class PluginDir:
-    gimp: str  # "3.0" or "2.10"
+    gimp: str  # the profile's version folder: "3.2", "3.0", "2.10", ...
     path: Path  # the plug-ins folder
     sandbox: str | None = None  # "flatpak" / "snap": cannot run a host interpreter
 
     @property
+    def major(self) -> int:
+        return _version_key(self.gimp)[0]
+
+    @property
+    def folder(self) -> Path:
+        """Where our files go: GIMP 3 wants a folder named like the plug-in, 2.10 loads the
+        files in plug-ins itself."""
+        return self.path / PLUGIN if self.major >= 3 else self.path
+
+    @property
     def installed(self) -> bool:
-        target = self.path / PLUGIN / f"{PLUGIN}.py" if self.gimp == "3.0" else self.path / f"{PLUGIN}.py"
-        return target.exists()
+        return (self.folder / f"{PLUGIN}.py").exists()
+
+    @property
+    def label(self) -> str:
+        return f"GIMP {self.gimp}" + (f" ({self.sandbox})" if self.sandbox else "")
 
 
-def candidate_dirs(platform: str | None = None, env=None, home: Path | None = None) -> list[PluginDir]:
-    """Every place a GIMP 3.0 or 2.10 on this platform reads user plug-ins from."""
+def profile_roots(platform: str | None = None, env=None, home: Path | None = None) -> list[tuple[Path, str | None]]:
+    """(folder holding GIMP's <version> profile folders, sandbox or None), native first."""
     platform = platform or sys.platform
     env = os.environ if env is None else env
     home = Path(home or Path.home())
+    if platform.startswith("win"):
+        appdata = env.get("APPDATA")
+        return [(Path(appdata) / "GIMP", None)] if appdata else []
+    if platform == "darwin":
+        return [(home / "Library" / "Application Support" / "GIMP", None)]
+    config = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+    return [(config / "GIMP", None),
+            (home / ".var" / "app" / "org.gimp.GIMP" / "config" / "GIMP", "flatpak"),
+            (home / "snap" / "gimp" / "current" / ".config" / "GIMP", "snap")]
+
+
+def _wanted(version: str) -> bool:
+    m = _VERSION_RE.match(version)
+    return bool(m) and (m.group(1) == "3" or version == "2.10")
+
+
+def candidate_dirs(platform: str | None = None, env=None, home: Path | None = None) -> list[PluginDir]:
+    """Every plug-ins folder of a GIMP 3.x or 2.10 on this platform, newest GIMP first (for
+    one version: native, then Flatpak, then Snap): the profile folders found by scanning each
+    root, plus where 3.0 and 2.10 would make theirs."""
     out = []
-    for version in ("3.0", "2.10"):
-        if platform.startswith("win"):
-            appdata = env.get("APPDATA")
-            if appdata:
-                out.append(PluginDir(version, Path(appdata) / "GIMP" / version / "plug-ins"))
-        elif platform == "darwin":
-            out.append(PluginDir(version, home / "Library" / "Application Support" / "GIMP" / version / "plug-ins"))
-        else:
-            config = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
-            out.append(PluginDir(version, config / "GIMP" / version / "plug-ins"))
-            out.append(PluginDir(version, home / ".var" / "app" / "org.gimp.GIMP" / "config" / "GIMP" / version / "plug-ins", "flatpak"))
-            out.append(PluginDir(version, home / "snap" / "gimp" / "current" / ".config" / "GIMP" / version / "plug-ins", "snap"))
-    return out
+    for root, sandbox in profile_roots(platform, env, home):
+        versions = set(_DEFAULT_VERSIONS)
+        try:
+            versions.update(e.name for e in root.iterdir() if _wanted(e.name) and e.is_dir())
+        except OSError:  # no such root (or unreadable): only the defaults
+            pass
+        out += [PluginDir(v, root / v / "plug-ins", sandbox) for v in sorted(versions, key=_version_key, reverse=True)]
+    # A stable sort keeps the roots' order (native first) within one version.
+    return sorted(out, key=lambda d: _version_key(d.gimp), reverse=True)
 
 
 def present_dirs(**kwargs) -> list[PluginDir]:
@@ -82,15 +126,10 @@ def _copy(src: Path, dst: Path, executable: bool) -> None:
 def install_into(d: PluginDir, python: str, weights: str | None = None) -> list[Path]:
     """Copy the plug-in for ``d.gimp`` into ``d`` and write its config; returns the files.
     ``weights``: an absolute weight-file path the filter uses instead of the bundled one."""
-    if d.gimp == "3.0":
-        folder = d.path / PLUGIN
-        files = [(f"{PLUGIN}/{PLUGIN}.py", folder / f"{PLUGIN}.py", True),
-                 (CLIENT, folder / CLIENT, False)]
-        config = folder / CONFIG
-    else:
-        folder = d.path
-        files = [(f"gimp2/{PLUGIN}.py", folder / f"{PLUGIN}.py", True), (CLIENT, folder / CLIENT, False)]
-        config = folder / CONFIG
+    folder = d.folder
+    variant = f"{PLUGIN}/{PLUGIN}.py" if d.major >= 3 else f"gimp2/{PLUGIN}.py"
+    files = [(variant, folder / f"{PLUGIN}.py", True), (CLIENT, folder / CLIENT, False)]
+    config = folder / CONFIG
     for src, dst, executable in files:
         _copy(_source(src), dst, executable)
     from liif_jax import __version__
@@ -102,8 +141,8 @@ def install_into(d: PluginDir, python: str, weights: str | None = None) -> list[
 
 def uninstall_from(d: PluginDir) -> list[Path]:
     removed = []
-    if d.gimp == "3.0":
-        folder = d.path / PLUGIN
+    if d.major >= 3:
+        folder = d.folder
         if (folder / CONFIG).exists() or (folder / f"{PLUGIN}.py").exists():
             shutil.rmtree(folder)
             removed.append(folder)
@@ -133,21 +172,32 @@ def run_install(out=print, weights=None) -> int:
     weights = checked_weights(weights) if weights is not None else None
     dirs = present_dirs()
     if not dirs:
-        raise LiifError("no GIMP 3.0 or 2.10 profile found; start GIMP once, then run this again "
-                           "(looked in: " + ", ".join(str(d.path.parent) for d in candidate_dirs()) + ")")
+        raise LiifError("no GIMP 3.x or 2.10 profile found; start GIMP once, then run this again "
+                        "(looked in: " + ", ".join(str(root) for root, _ in profile_roots()) + ")")
+    native = [d for d in dirs if not d.sandbox]
+    if not native:
+        raise LiifError(_sandbox_only(dirs))
     python = interpreter()
-    for d in dirs:
+    for d in native:
         files = install_into(d, python, weights)
-        note = ""
+        out(f"installed for GIMP {d.gimp}: {files[0].parent}")
+    for d in dirs:
         if d.sandbox:
-            note = (f" -- note: {d.sandbox} GIMP cannot run programs outside its sandbox, so it "
-                    f"cannot reach {python}; use a non-{d.sandbox} GIMP")
-        out(f"installed for GIMP {d.gimp}: {files[0].parent}{note}")
+            out(f"skipped {d.label} at {d.path}: {SANDBOX_REASON}")
     out(f"the plug-in will run liif-jax with {python}; restart GIMP, then use Image > Upscale (LIIF)...")
     if weights:
         out(f"with the weights {weights} (each upscale loads them in a fresh worker; "
             "'liif-jax gimp install' without --weights goes back to the bundled ones)")
     return 0
+
+
+SANDBOX_REASON = "its sandbox cannot start liif-jax's Python on this computer"
+
+
+def _sandbox_only(dirs) -> str:
+    found = ", ".join(f"{d.label} at {d.path.parent}" for d in dirs)
+    return (f"only a sandboxed GIMP profile found ({found}): {SANDBOX_REASON}; use GIMP from "
+            "your distribution's packages (or gimp.org's macOS/Windows builds) and start it once")
 
 
 def run_uninstall(out=print) -> int:
@@ -159,64 +209,129 @@ def run_uninstall(out=print) -> int:
     return 0
 
 
-def _gimp_version() -> str:
+# Executables a GIMP 3.x or 2.10 installs on PATH (Debian, Fedora, Homebrew...): the newest
+# names first. AppImages and macOS/Windows app bundles are not on PATH.
+_GIMP_EXES = ("gimp-3.4", "gimp-3.2", "gimp-3.0", "gimp", "gimp-2.10")
+
+
+def _gimp_versions() -> list[str]:
+    """'<path>: <version line>' of every GIMP executable on PATH (one per real file)."""
     import subprocess
 
-    for exe in ("gimp-3.0", "gimp-console-3.0", "gimp", "gimp-2.10"):
+    seen, out = set(), []
+    for exe in _GIMP_EXES:
         path = shutil.which(exe)
-        if path:
-            try:
-                proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
-                return proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else f"{exe} (no version)"
-            except (OSError, subprocess.TimeoutExpired):
-                continue
-    return "not found on PATH (fine if GIMP is installed elsewhere)"
+        if not path or os.path.realpath(path) in seen:
+            continue
+        seen.add(os.path.realpath(path))
+        try:
+            proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+            line = proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else "(no version)"
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            line = f"(does not run: {exc})"
+        out.append(f"{path}: {line}")
+    return out
+
+
+def _probe_upscale(folder: Path) -> str:
+    """One tiny upscale the way the installed plug-in makes it: its own copy of the client,
+    its config (interpreter, weights), a one-off worker (no server left behind). Returns what
+    answered; raises with the client's message on any failure."""
+    import importlib.util
+    import time
+
+    spec = importlib.util.spec_from_file_location("liif_bridge_client_doctor", folder / CLIENT)
+    client_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client_module)
+    client = client_module.BridgeClient.from_config(str(folder))
+    client.start_server = False
+    started = time.monotonic()
+    pixels = bytes(range(4 * 3 * 3))
+    w, h, data, _, _ = client.upscale(4, 3, "RGB", "u8", pixels, size=(8, 6))
+    if (w, h, len(data)) != (8, 6, 8 * 6 * 3):
+        raise LiifError(f"the worker answered {w}x{h} with {len(data)} bytes for an 8x6 RGB request")
+    return f"4x3 -> 8x6 through {client.python} in {time.monotonic() - started:.1f} s"
+
+
+def _check_installed(d: PluginDir, out, problems, probed: dict) -> None:
+    folder = d.folder
+    try:
+        config = json.loads((folder / CONFIG).read_text())
+        if not isinstance(config, dict):
+            raise ValueError
+    except (OSError, ValueError):
+        problems.append(f"{folder / CONFIG} is missing or unreadable: run 'liif-jax gimp install'")
+        return
+    plugin = folder / f"{PLUGIN}.py"
+    if not os.access(plugin, os.X_OK) or not stat.S_IMODE(plugin.stat().st_mode) & 0o100:
+        problems.append(f"{plugin} is not executable (GIMP skips it): run 'liif-jax gimp install'")
+    if not (folder / CLIENT).exists():
+        problems.append(f"{folder / CLIENT} is missing: run 'liif-jax gimp install'")
+        return
+    python = os.environ.get("LIIF_JAX_PYTHON") or config.get("python") or ""
+    if not Path(python).exists():
+        problems.append(f"{d.label} plug-in points at a missing interpreter {python or '(none)'}: "
+                        "run 'liif-jax gimp install' again")
+        return
+    weights = config.get("weights")
+    if weights:
+        try:
+            from liif_jax.weights import load_model
+
+            kind = load_model(weights).spec["args"]["encoder_spec"]["name"]
+            out(f"weights:      {d.label} filter uses {weights} ({kind}-liif)")
+        except Exception as exc:  # doctor reports, never crashes
+            problems.append(f"{d.label} plug-in's weights {weights} do not load ({exc}): run "
+                            "'liif-jax gimp install --weights FILE' again")
+            return
+    key = (python, weights)
+    if key not in probed:
+        try:
+            probed[key] = (True, _probe_upscale(folder))
+        except Exception as exc:  # doctor reports, never crashes
+            probed[key] = (False, str(exc) or type(exc).__name__)
+    ok, text = probed[key]
+    if ok:
+        out(f"upscale:      {d.label}: {text}")
+    else:
+        what = f"the weights {weights}" if weights else "the bundled weights"
+        problems.append(f"{d.label}: a test upscale with {python} and {what} failed ({text})")
 
 
 def run_doctor(out=print) -> int:
     from liif_jax import __version__
+    from liif_jax.weights import bundled_weights_path
 
     problems = []
     out(f"liif-jax:     {__version__} ({Path(__file__).parent})")
     out(f"interpreter:  {interpreter()}")
-    out(f"GIMP:         {_gimp_version()}")
+    gimps = _gimp_versions()
+    for line in gimps:
+        out(f"GIMP:         {line}")
+    if not gimps:
+        out("GIMP:         none on PATH (an AppImage or an app bundle is not on PATH)")
     dirs = present_dirs()
-    installed = [d for d in dirs if d.installed]
-    for d in candidate_dirs():
-        state = "installed" if d.installed else ("profile found" if d in dirs else "absent")
-        if d.installed or d in dirs:
-            out(f"plug-ins:     GIMP {d.gimp} {d.path} [{state}]{' (' + d.sandbox + ')' if d.sandbox else ''}")
+    for d in dirs:
+        out(f"plug-ins:     {d.label} {d.path} [{'installed' if d.installed else 'profile found'}]")
+    native = [d for d in dirs if not d.sandbox]
     if not dirs:
-        problems.append("no GIMP profile found (start GIMP once)")
-    elif not installed:
-        problems.append("plug-in not installed: run 'liif-jax gimp install'")
-    for d in installed:
-        folder = d.path / PLUGIN if d.gimp == "3.0" else d.path
-        try:
-            config = json.loads((folder / CONFIG).read_text())
-        except (OSError, ValueError):
-            problems.append(f"{folder / CONFIG} is missing or unreadable: run 'liif-jax gimp install'")
-            continue
-        if not Path(config.get("python") or "").exists():
-            problems.append(f"GIMP {d.gimp} plug-in points at a missing interpreter {config.get('python')}: "
-                            "run 'liif-jax gimp install' again")
-        if config.get("weights"):
-            try:
-                from liif_jax.weights import load_model
-
-                model = load_model(config["weights"])
-                kind = model.spec["args"]["encoder_spec"]["name"]
-                out(f"weights:      GIMP {d.gimp} filter uses {config['weights']} ({kind}-liif)")
-            except Exception as exc:  # doctor reports, never crashes
-                problems.append(f"GIMP {d.gimp} plug-in's weights {config['weights']} do not load "
-                                f"({exc}): run 'liif-jax gimp install --weights FILE' again")
-        if not os.access(folder / f"{PLUGIN}.py", os.X_OK) or not stat.S_IMODE((folder / f"{PLUGIN}.py").stat().st_mode) & 0o100:
-            problems.append(f"{folder / (PLUGIN + '.py')} is not executable")
+        problems.append("no GIMP 3.x or 2.10 profile found: install GIMP, start it once, then run "
+                        "'liif-jax gimp install'")
+    elif not native:
+        problems.append(_sandbox_only(dirs))
+    for d in dirs:
+        if d.sandbox and d.installed:
+            problems.append(f"{d.label} has the plug-in at {d.folder}, but {SANDBOX_REASON}: "
+                            "run 'liif-jax gimp uninstall', then 'liif-jax gimp install'")
+        elif not d.sandbox and not d.installed:
+            problems.append(f"plug-in not installed for GIMP {d.gimp} ({d.path}): run 'liif-jax gimp install'")
     try:
+        bundled = bundled_weights_path()
         from liif_jax.weights import load_model
 
         model = load_model()
-        out(f"weights:      bundled {model.name} (sha256 {model.metadata.get('source_sha256', '?')[:12]}...)")
+        out(f"weights:      bundled {bundled} (converted from the authors' {model.name}, sha256 "
+            f"{model.metadata.get('source_sha256', '?')[:12]}...)")
     except Exception as exc:  # doctor reports, never crashes
         problems.append(f"bundled weights do not load: {exc}")
     try:
@@ -225,6 +340,11 @@ def run_doctor(out=print) -> int:
         out(f"JAX devices:  {', '.join(str(d) for d in jax.devices())} (jax {jax.__version__})")
     except Exception as exc:
         problems.append(f"JAX does not start: {exc}")
-    verdict = "OK: the GIMP filter should work" if not problems else "PROBLEM: " + "; ".join(problems)
+    probed: dict = {}
+    for d in dirs:
+        if d.installed and not d.sandbox:
+            _check_installed(d, out, problems, probed)
+    verdict = "OK: the GIMP filter works (a test upscale went through it)" if not problems else \
+        "PROBLEM: " + "; ".join(problems)
     out(f"verdict:      {verdict}")
     return 0 if not problems else 1

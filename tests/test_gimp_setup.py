@@ -57,14 +57,54 @@ def test_install_uninstall_linux_profiles(fake_home, capsys):
     assert not g3.exists() and not (g2 / "liif_upscale.py").exists() and not (g2 / "liif_jax_gimp.json").exists()
 
 
-def test_install_honours_liif_jax_python_and_warns_about_flatpak(fake_home, monkeypatch, capsys):
+def test_install_honours_liif_jax_python_and_skips_sandboxed_profiles(fake_home, monkeypatch, capsys):
     (fake_home / ".var/app/org.gimp.GIMP/config/GIMP/3.0").mkdir(parents=True)
+    (fake_home / ".config/GIMP/3.0").mkdir(parents=True)
     monkeypatch.setenv("LIIF_JAX_PYTHON", "/opt/liif/bin/python")
     assert main(["gimp", "install"]) == 0
     out = capsys.readouterr().out
-    assert "flatpak GIMP cannot run programs outside its sandbox" in out
-    config = fake_home / ".var/app/org.gimp.GIMP/config/GIMP/3.0/plug-ins/liif_upscale/liif_jax_gimp.json"
+    assert "skipped GIMP 3.0 (flatpak)" in out and "sandbox cannot start liif-jax" in out
+    assert not (fake_home / ".var/app/org.gimp.GIMP/config/GIMP/3.0/plug-ins").exists()
+    config = fake_home / ".config/GIMP/3.0/plug-ins/liif_upscale/liif_jax_gimp.json"
     assert json.loads(config.read_text())["python"] == "/opt/liif/bin/python"
+
+
+def test_only_a_sandboxed_profile_is_refused_in_one_line(fake_home, capsys):
+    (fake_home / "snap/gimp/current/.config/GIMP/3.2").mkdir(parents=True)
+    assert main(["gimp", "install"]) == 1
+    err = capsys.readouterr().err
+    assert "only a sandboxed GIMP profile found (GIMP 3.2 (snap)" in err and len(err.strip().splitlines()) == 1
+    assert not (fake_home / "snap/gimp/current/.config/GIMP/3.2/plug-ins").exists()
+
+
+def test_every_3x_and_2_10_found_newest_first(tmp_path):
+    root = tmp_path / ".config/GIMP"
+    for v in ("2.10", "3.0", "3.2", "3.10", "2.8", "2.99", "4.0", "3.x", "notes"):
+        (root / v).mkdir(parents=True)
+    (root / "3.4").write_text("a file, not a profile")
+    dirs = [d for d in gimp_setup.candidate_dirs("linux", {}, tmp_path) if d.path.parent.is_dir()]
+    assert [d.gimp for d in dirs] == ["3.10", "3.2", "3.0", "2.10"]  # numeric, not string order
+    flatpak = tmp_path / ".var/app/org.gimp.GIMP/config/GIMP/3.2"
+    flatpak.mkdir(parents=True)
+    dirs = [(d.gimp, d.sandbox) for d in gimp_setup.candidate_dirs("linux", {}, tmp_path) if d.path.parent.is_dir()]
+    assert dirs == [("3.10", None), ("3.2", None), ("3.2", "flatpak"), ("3.0", None), ("2.10", None)]
+    win = [d.gimp for d in gimp_setup.candidate_dirs("win32", {"APPDATA": str(tmp_path / ".config")}, tmp_path)]
+    assert win == ["3.10", "3.2", "3.0", "2.10"]
+
+
+def test_install_into_every_3x_and_2_10_then_uninstall(fake_home, capsys):
+    for v in ("3.0", "3.2", "2.10"):
+        (fake_home / ".config/GIMP" / v).mkdir(parents=True)
+    assert main(["gimp", "install"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines[:3]] == ["installed for GIMP 3.2", "installed for GIMP 3.0",
+                                                          "installed for GIMP 2.10"]
+    g3 = [fake_home / ".config/GIMP" / v / "plug-ins/liif_upscale/liif_upscale.py" for v in ("3.0", "3.2")]
+    assert g3[0].read_bytes() == g3[1].read_bytes() == (gimp_setup._source("liif_upscale/liif_upscale.py")).read_bytes()
+    assert (fake_home / ".config/GIMP/2.10/plug-ins/liif_upscale.py").read_text().startswith("#!/usr/bin/env python2")
+    assert main(["gimp", "uninstall"]) == 0
+    assert sum(line.startswith("removed") for line in capsys.readouterr().out.splitlines()) == 2 + 3
+    assert not any(p.exists() for p in g3)
 
 
 @pytest.mark.parametrize("platform", ["darwin", "win32"])
@@ -83,24 +123,50 @@ def test_install_into_macos_and_windows_layouts(tmp_path, platform):
 def test_install_without_gimp_profile_says_what_to_do(fake_home, capsys):
     assert main(["gimp", "install"]) == 1
     err = capsys.readouterr().err
-    assert "no GIMP 3.0 or 2.10 profile found; start GIMP once" in err and len(err.strip().splitlines()) == 1
+    assert "no GIMP 3.x or 2.10 profile found; start GIMP once" in err and len(err.strip().splitlines()) == 1
 
 
 def test_doctor_verdicts(fake_home, capsys):
     assert main(["gimp", "doctor"]) == 1
     out = capsys.readouterr().out
-    assert "verdict:      PROBLEM: no GIMP profile found" in out
+    assert "verdict:      PROBLEM: no GIMP 3.x or 2.10 profile found" in out
+    # Only a Flatpak profile: the plug-in could not work there (issue 11, item 9).
+    (fake_home / ".var/app/org.gimp.GIMP/config/GIMP/3.0").mkdir(parents=True)
+    assert main(["gimp", "doctor"]) == 1
+    assert "PROBLEM: only a sandboxed GIMP profile found (GIMP 3.0 (flatpak)" in capsys.readouterr().out
     (fake_home / ".config/GIMP/3.0").mkdir(parents=True)
     assert main(["gimp", "doctor"]) == 1
-    assert "plug-in not installed: run 'liif-jax gimp install'" in capsys.readouterr().out
+    assert "plug-in not installed for GIMP 3.0" in capsys.readouterr().out
     main(["gimp", "install"])
     capsys.readouterr()
     assert main(["gimp", "doctor"]) == 0
     out = capsys.readouterr().out
-    for needed in ["interpreter:", "GIMP:", "plug-ins:", "[installed]", "weights:      bundled edsr-baseline-liif.pth",
+    bundled = gimp_setup.Path(gimp_setup.__file__).parent / "data" / "edsr-baseline-liif.safetensors"
+    for needed in ["interpreter:", "GIMP:", "plug-ins:     GIMP 3.0 ", "[installed]",
+                   f"weights:      bundled {bundled} (converted from the authors' edsr-baseline-liif.pth",
+                   f"upscale:      GIMP 3.0: 4x3 -> 8x6 through {sys.executable} in ",
                    "JAX devices:", "verdict:      OK"]:
-        assert needed in out
-    config = fake_home / ".config/GIMP/3.0/plug-ins/liif_upscale/liif_jax_gimp.json"
+        assert needed in out, needed
+    # GIMP 3.2 started once since (a new profile folder): not OK until installed there too.
+    (fake_home / ".config/GIMP/3.2").mkdir(parents=True)
+    assert main(["gimp", "doctor"]) == 1
+    assert "plug-in not installed for GIMP 3.2" in capsys.readouterr().out
+    main(["gimp", "install"])
+    capsys.readouterr()
+    # An interpreter that exists but cannot run liif-jax: the test upscale says so.
+    broken = fake_home / "broken-python"
+    broken.write_text("#!/bin/sh\necho 'No module named liif_jax' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    config = fake_home / ".config/GIMP/3.2/plug-ins/liif_upscale/liif_jax_gimp.json"
+    config.write_text(json.dumps({"python": str(broken)}))
+    assert main(["gimp", "doctor"]) == 1
+    out = capsys.readouterr().out
+    assert f"GIMP 3.2: a test upscale with {broken} and the bundled weights failed " \
+           "(liif-jax worker failed: No module named liif_jax)" in out
+    assert "upscale:      GIMP 3.0: 4x3 -> 8x6" in out  # the other profile still works
     config.write_text(json.dumps({"python": "/gone/python"}))
     assert main(["gimp", "doctor"]) == 1
     assert "points at a missing interpreter /gone/python" in capsys.readouterr().out
+    # The plug-in file without its executable bit: GIMP would skip it silently.
+    (config.parent / "liif_upscale.py").chmod(0o644)
+    assert "liif_upscale.py is not executable (GIMP skips it)" in (main(["gimp", "doctor"]), capsys.readouterr().out)[1]
