@@ -102,12 +102,13 @@ upscales start at once.
 
 
 GIMP_HELP = """\
-install    copy the "Upscale (LIIF)..." filter into every GIMP 3.0 / 2.10 profile found, with
+install    copy the "Upscale (LIIF)..." filter into every GIMP 3.x / 2.10 profile found, with
            a config pointing at this Python ($LIIF_JAX_PYTHON overrides); restart GIMP after.
            --weights FILE: the filter uses FILE (e.g. the authors' rdn-liif.pth) instead of
            the bundled weights; checked here, recorded in the plug-in's liif_jax_gimp.json
 uninstall  remove it again
-doctor     print GIMP version, plug-in folders, interpreter, weights, JAX devices and a verdict
+doctor     print GIMP versions, plug-in folders, interpreter, weights, JAX devices, run one
+           tiny upscale as the installed filter would, and give a verdict
 
 The filter appears as Image > Upscale (LIIF)... Flatpak and Snap builds of GIMP cannot run a
 Python outside their sandbox: use GIMP from your distribution, the official installer, or
