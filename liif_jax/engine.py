@@ -6,15 +6,17 @@ The default path (``render``):
 2. A tile plan (``tiling``): blocks of output pixels and the input crop each needs.
 3. Per tile, one jit-compiled call encodes the crop (padded to a bucketed shape, with a mask
    so padding cannot leak in: see ``EDSR``) and applies the MLP's first layer as a 3x3
-   convolution over the features: a flat table of hidden-wide rows.
-4. The tile's output pixels go through fixed (CH, CW) chunks -- D of them per call, one per
-   device, sharded over a 1-D mesh: a cheap gather of table rows (compiled per table shape),
-   then the decoder proper on fixed shapes (coordinate and cell terms, the rest of the MLP,
-   the ensemble blend).
+   convolution over the features: a flat table of hidden-wide rows, padded to a bucket.
+4. The tile's output pixels are cut into fixed (CH, CW) chunks; one compiled call decodes
+   D x N of them (D devices of a 1-D mesh, N chunks each in a ``lax.map`` loop): gather of
+   table rows fused into the first layer, coordinate and cell terms, the rest of the MLP,
+   the ensemble blend, and for 8-bit output the rounding -- then one copy back. Two calls are
+   in flight; on accelerators the next tile's encoder overlaps too (``BackendProfile``).
 
-So the decoder compiles once per (model, precision, chunk shape, devices), whatever the
-image sizes; the encoder once per crop bucket; memory is bounded by the tile size, not the
-image size.
+So the decoder compiles once per (model, precision, output kind, chunk shape, N, devices,
+table bucket), whatever the image sizes; the encoder once per crop bucket; memory is bounded
+by the tile size, not the image size; the host's work is per call and per axis, never per
+pixel (``benchmarks/bench_inference.py --host-overhead`` measures it).
 
 ``render_literal`` keeps the original's unfold-and-gather formulation (untiled, per-query
 geometry) as a reference for tests.
@@ -43,7 +45,7 @@ DEFAULT_MAX_MEMORY = 2 * 1024**3
 
 # How many times each jitted function has been traced (compiled) in this process; tests use
 # it to prove that new image sizes do not recompile the decoder.
-trace_counts = {"encode_table": 0, "gather": 0, "decode": 0}
+trace_counts = {"encode_table": 0, "decode": 0}
 
 
 class Cancelled(LiifError):
@@ -427,6 +429,8 @@ def resolve_settings(settings: RenderSettings, devices) -> tuple[BackendProfile,
     budget = settings.max_memory if settings.max_memory is not None else profile.max_memory
     if not (isinstance(per_call, int) and per_call >= 1):
         raise RequestError(f"chunks per call must be a whole number >= 1, got {per_call!r}")
+    if len(chunk) != 2 or not all(isinstance(n, int) and n >= 1 for n in chunk):
+        raise RequestError(f"chunk must be two whole numbers >= 1 (rows, cols), got {chunk!r}")
     return profile, chunk, per_call, budget
 
 
