@@ -201,10 +201,16 @@ def test_keeps_the_last_n_and_skips_a_broken_newest(photos, tmp_path, straight_r
     train(cfg, photos, tmp_path, steps=12, quiet=True)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [8, 10, 12]
     newest = ckpt.checkpoint_path(tmp_path, 12)
-    newest.write_bytes(newest.read_bytes()[:1000])  # e.g. a copy cut short
-    with pytest.warns(Warning, match="step_00000012.safetensors is not a readable training checkpoint"):
+    for f in (newest / "params").rglob("*"):  # e.g. a copy cut short
+        if f.is_file() and f.stat().st_size > 100:
+            f.write_bytes(f.read_bytes()[:100])
+    with pytest.warns(Warning, match="checkpoint step_00000012 is unreadable"):
         resumed = train(cfg, photos, tmp_path, steps=20, quiet=True)
     assert resumed.resumed_from == 10 and same_params(resumed.params, reference.params, tol=1e-7)
+    # the broken one was moved aside, not deleted; retention kept the 3 newest good ones
+    assert (tmp_path / "skipped-checkpoints" / "step_00000012").is_dir()
+    assert "unreadable" in (tmp_path / "skipped-checkpoints" / "step_00000012.why.txt").read_text()
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [16, 18, 20]
 
 
 def test_a_workdir_of_another_model_is_refused(photos, tmp_path):
@@ -324,12 +330,15 @@ def test_sigkill_mid_run_then_resume_reaches_the_same_params(photos, tmp_path, s
     proc.communicate()
     killed_at = ckpt.list_checkpoints(wd)[-1][0]
     assert killed_at < 20
-    # what a kill in the middle of a save leaves behind: a hidden partial temp file
-    (wd / "checkpoints" / f".step_{killed_at + 1:08d}.safetensors.abc.part").write_bytes(b"partial")
+    # what a kill in the middle of a save leaves behind: Orbax's temporary folder
+    partial = wd / "checkpoints" / f"step_{killed_at + 1:08d}.orbax-checkpoint-tmp-1234567"
+    if not list((wd / "checkpoints").glob("*.orbax-checkpoint-tmp*")):
+        (partial / "params").mkdir(parents=True)
+        (partial / "params" / "manifest.ocdbt").write_bytes(b"partial")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"resuming from step {killed_at}" in done.stdout
-    assert not list((wd / "checkpoints").glob(".*.part"))
+    assert not list((wd / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
     out = tmp_path / "final.safetensors"
     assert subprocess.run(CLI + ["export", str(wd), str(out)], capture_output=True).returncode == 0
     assert same_params(load_model(out).params, reference.params, tol=1e-7)

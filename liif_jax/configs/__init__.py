@@ -65,6 +65,8 @@ class TrainConfig:
     # host data loading
     loader_threads: int = 4
     prefetch_batches: int = 4
+    loader: str = "grain"  # "grain" (liif_jax.train.pipeline; threads if grain is absent) or "threads"
+    loader_workers: int = -1  # grain worker processes; -1: one per core beyond two, at most 8
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -90,6 +92,10 @@ class TrainConfig:
             raise RequestError(f"config: need 1 <= scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
         if not self.lr > 0:
             raise RequestError(f"config: lr must be > 0, got {self.lr}")
+        if self.loader not in ("grain", "threads"):
+            raise RequestError(f"config: loader must be 'grain' or 'threads', got {self.loader!r}")
+        if isinstance(self.loader_workers, bool) or not isinstance(self.loader_workers, int) or self.loader_workers < -1:
+            raise RequestError(f"config: loader_workers must be -1 (automatic) or >= 0, got {self.loader_workers!r}")
         if self.cache not in ("memory", "none"):
             raise RequestError(f"config: cache must be 'memory' or 'none', got {self.cache!r}")
         return self

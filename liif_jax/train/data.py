@@ -50,6 +50,19 @@ class ImplicitDownsampled:
                    scale_max=config.scale_max, sample_q=config.sample_q, augment=config.augment,
                    cache=None if config.cache == "none" else config.cache, repeat=config.repeat)
 
+    def __getstate__(self):
+        """Pickled for grain's worker processes: without the lock (not picklable) and with the
+        decoded images only when they are few (each worker otherwise decodes what it needs)."""
+        state = dict(self.__dict__)
+        del state["_lock"]
+        if sum(a.nbytes for a in self._images.values()) > 256 * 2**20:
+            state["_images"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def __len__(self) -> int:
         """Items per epoch: every image ``repeat`` times."""
         return len(self.files) * self.repeat

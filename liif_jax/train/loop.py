@@ -26,12 +26,13 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from liif_jax.errors import CheckpointError, LiifError, RequestError
+from liif_jax.errors import CheckpointError, LiifError, LiifWarning, RequestError
 
 
 class TrainingInterrupted(LiifError):
@@ -181,13 +182,10 @@ def train(config, data, workdir, *, steps: int | None = None, init_from=None, va
 
 def _train(config, data, workdir, steps, init_from, val_data, devices, quiet, echo, stop_signals):
     import jax
-    from jax.sharding import Mesh
 
-    from liif_jax.train import checkpoint as ckpt
-    from liif_jax.train.data import BatchLoader, ImplicitDownsampled
-    from liif_jax.train.step import data_shardings, init_params, make_optimizer, make_train_step
-    from liif_jax.weights import LiifModel
     from liif_jax.models.spec import spec_to_json
+    from liif_jax.train import checkpoint as ckpt
+    from liif_jax.train.step import init_params, make_optimizer
 
     config = config.validate()
     stop = config.total_steps if steps is None else steps
@@ -206,21 +204,34 @@ def _train(config, data, workdir, steps, init_from, val_data, devices, quiet, ec
 
     spec, module, params, run_meta = _initial_model(config, init_from)
     optimizer = make_optimizer(config)
-    latest = ckpt.latest_checkpoint(workdir) if lead else None
-    start, resumed_from = 0, None
-    if latest is not None:
-        start, tensors, meta = latest
-        if meta.get("spec") != spec_to_json(spec):
+    params_template = jax.eval_shape(lambda: init_params(module, 0))
+    opt_template = jax.eval_shape(optimizer.init, params_template)
+    notes = []  # shown once the log exists
+    start, resumed_from, data_state, changed = 0, None, None, []
+    checkpointer = None
+    if lead:
+        search = ckpt.find_latest(workdir, spec_json=spec_to_json(spec), params_template=params_template,
+                                  opt_template=opt_template)
+        if search.restored is None and any(isinstance(s.error, ckpt.OtherModelError) for s in search.skipped):
             raise CheckpointError(f"{workdir} holds a run of a different model; use a new --workdir")
-        template = jax.eval_shape(lambda: init_params(module, 0))
-        params = ckpt.restore_tree(tensors, template, "params", f"checkpoint step {start}")
-        opt_state = ckpt.restore_tree(tensors, jax.eval_shape(optimizer.init, template), "opt_state",
-                                      f"checkpoint step {start}")
-        run_meta = {k: meta[k] for k in ("init_from", "license") if k in meta}
-        resumed_from = start
-        changed = config_changes(meta.get("config"), config)
-    else:
-        changed = []
+        checkpointer = ckpt.Checkpointer(workdir, config.keep_checkpoints)
+        for skip in search.skipped:
+            aside = f"; moved to {ckpt.SKIPPED_DIR}/" if skip.path.is_dir() else ""
+            warnings.warn(f"skipping {skip.reason}{aside}", LiifWarning, stacklevel=3)
+        checkpointer.set_aside(search.skipped)
+        restored = search.restored
+        if restored is not None:
+            start, params, opt_state = restored.step, restored.params, restored.opt_state
+            data_state = restored.data_state
+            run_meta = {k: restored.meta[k] for k in ("init_from", "license") if k in restored.meta}
+            resumed_from = start
+            changed = config_changes(restored.meta.get("config"), config)
+            if restored.legacy:
+                notes.append(f"read {restored.path.name} (liif-jax 0.1.x format); new checkpoints are "
+                             f"written in Orbax's format beside it, the old files are left as they are")
+        elif search.skipped:
+            notes.append("no usable checkpoint (see the warnings above): training starts from the beginning")
+    if resumed_from is None:
         if params is None:
             params = init_params(module, config.seed)
         opt_state = optimizer.init(params)
@@ -228,10 +239,38 @@ def _train(config, data, workdir, steps, init_from, val_data, devices, quiet, ec
         # Process 0's state is the run's state: the other hosts need not see the workdir.
         from jax.experimental import multihost_utils
 
-        start, params, opt_state = multihost_utils.broadcast_one_to_all((np.int64(start), params, opt_state))
+        state_bytes = np.zeros(1 << 16, np.uint8)
+        encoded = json.dumps(data_state or {}).encode()
+        if lead and len(encoded) <= len(state_bytes):
+            state_bytes[:len(encoded)] = np.frombuffer(encoded, np.uint8)
+        start, params, opt_state, state_bytes = multihost_utils.broadcast_one_to_all(
+            (np.int64(start), params, opt_state, state_bytes))
         start = int(start)
         resumed_from = start if start else None
+        data_state = json.loads(bytes(np.asarray(state_bytes)).rstrip(b"\0").decode() or "{}")
     result = TrainResult(step=start, params=None, resumed_from=resumed_from)
+    try:
+        return _run(config, data, workdir, stop, val_data, devices, quiet, echo, stop_signals, lead, spec,
+                    module, params, opt_state, optimizer, run_meta, start, resumed_from, data_state, changed,
+                    notes, checkpointer, result)
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()  # waits for the last asynchronous save
+
+
+def _run(config, data, workdir, stop, val_data, devices, quiet, echo, stop_signals, lead, spec, module,
+         params, opt_state, optimizer, run_meta, start, resumed_from, data_state, changed, notes,
+         checkpointer, result):
+    import jax
+    from jax.sharding import Mesh
+
+    from liif_jax.models.spec import spec_to_json
+    from liif_jax.train import checkpoint as ckpt
+    from liif_jax.train.data import ImplicitDownsampled
+    from liif_jax.train.pipeline import make_loader
+    from liif_jax.train.step import data_shardings, make_train_step
+    from liif_jax.weights import LiifModel
+
     if start >= stop:
         echo(f"already at step {start} (>= {stop}); nothing to do")
         result.params = _host(params)
@@ -257,12 +296,24 @@ def _train(config, data, workdir, steps, init_from, val_data, devices, quiet, ec
         return type(host_batch)(*(jax.make_array_from_process_local_data(split, np.asarray(x))
                                   for x in host_batch))
 
-    def save(step_done):
+    saved_at = [start if resumed_from is not None else None]
+
+    def save(step_done, loader_ok=True):
+        """Checkpoint ``step_done`` (process 0 writes; every process checks the params are
+        finite, so all stop together when they are not)."""
+        host_params, host_opt = _host(params), _host(opt_state)
         if not lead:
+            bad = ckpt._non_finite(host_params) or ckpt._non_finite(host_opt)
+            if bad:
+                raise ckpt.NonFiniteParams(f"step {step_done}: the training state became non-finite "
+                                           f"(NaN/Inf in {bad}); not saved")
             return
         meta = {"spec": spec_to_json(spec), "config": config.to_json(), **run_meta}
-        path = ckpt.save_checkpoint(workdir, step_done, _host(params), _host(opt_state), meta,
-                                    config.keep_checkpoints)
+        # After a loader failure its iterator state is not to be trusted; the step alone
+        # rebuilds the same batches.
+        data_state = loader.state(step_done) if loader_ok else {"loader": "none", "step": step_done}
+        path = checkpointer.save(step_done, host_params, host_opt, data_state, meta)
+        saved_at[0] = step_done
         log.line(f"step {step_done}: checkpoint {path.name}")
 
     bar = None
@@ -272,8 +323,10 @@ def _train(config, data, workdir, steps, init_from, val_data, devices, quiet, ec
         bar = tqdm(total=stop, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr)
     log = _Log(workdir, lead, echo, bar)
     n_dev = len(devices)
+    for note in notes:
+        log.line(note)
     if resumed_from is not None:
-        log.line(f"resuming from step {start} (newest checkpoint in {workdir})")
+        log.line(f"resuming from step {start} (newest usable checkpoint in {workdir})")
         if changed:
             log.line("note: the config differs from the checkpoint's in " + ", ".join(changed) +
                      " (the run continues with the new values; it is no longer the uninterrupted run)")
@@ -282,14 +335,27 @@ def _train(config, data, workdir, steps, init_from, val_data, devices, quiet, ec
         log.line(f"training {how}: {len(dataset.files)} images, {per_epoch} steps per epoch, "
                  f"batch {config.batch_size} over {n_dev} device(s), steps {start}..{stop}")
     pending, t_last, n_last = [], time.perf_counter(), start
-    loader = BatchLoader(dataset, config.batch_size, config.seed, start, stop, config.loader_threads,
-                         config.prefetch_batches, jax.process_index(), jax.process_count())
+    loader = make_loader(dataset, config, start, stop, process_index=jax.process_index(),
+                         process_count=jax.process_count(), state=data_state, note=log.line)
     done = start
     try:
         with loader:
             if stop_signals.flag.is_set():
                 raise TrainingInterrupted(f"stopped by {stop_signals.name} before step {start + 1}")
-            for step, host_batch in loader:
+            batches = iter(loader)
+            while True:
+                try:
+                    step, host_batch = next(batches)
+                except StopIteration:
+                    break
+                except Exception as exc:  # the input pipeline failed: keep what was trained
+                    _save_after_loader_failure(save, saved_at, done, start)
+                    kept = f"checkpoint of step {saved_at[0]} kept" if saved_at[0] is not None else "no checkpoint yet"
+                    message = (f"the input pipeline failed after step {done} ({exc}); {kept}; fix the data "
+                               f"and run the same command to resume")
+                    raise (type(exc)(message) if isinstance(exc, LiifError) else DataPipelineError(message)) from None
+                if step != done:
+                    raise DataPipelineError(f"the input pipeline gave step {step} where step {done} was due")
                 params, opt_state, loss = train_step(params, opt_state, to_global(host_batch))
                 pending.append(loss)
                 done = step + 1
@@ -336,6 +402,17 @@ def _train(config, data, workdir, steps, init_from, val_data, devices, quiet, ec
     result.step = done
     result.params = _host(params)
     return result
+
+
+class DataPipelineError(LiifError):
+    """The input pipeline failed or went out of step (the run saved what it had first)."""
+
+
+def _save_after_loader_failure(save, saved_at, done, start):
+    """Checkpoint the steps trained since the last checkpoint before stopping for a loader
+    failure (nothing to save when no step was trained or it is saved already)."""
+    if done > start and saved_at[0] != done:
+        save(done, loader_ok=False)
 
 
 def config_changes(saved_json, config) -> list[str]:

@@ -1,0 +1,98 @@
+"""The grain input pipeline: the threaded loader's batches exactly, resumable mid-epoch from
+its saved iterator state, sharded per process, with worker processes too."""
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from liif_jax.train.data import BatchLoader, ImplicitDownsampled
+
+grain = pytest.importorskip("grain", reason="grain is not installed (pip install grain)")
+
+from liif_jax.train.pipeline import GrainLoader, ThreadLoader, auto_workers  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    for i, img in enumerate([skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee()]):
+        Image.fromarray(img[:80, :112]).save(root / f"p{i}.png")
+    return ImplicitDownsampled(root, inp_size=16, sample_q=32, repeat=3)  # 9 items: 2 steps of 4 per epoch
+
+
+def same_batches(got, want):
+    assert [s for s, _ in got] == [s for s, _ in want]
+    for (_, a), (_, b) in zip(got, want):
+        assert type(a).__name__ == "Batch"
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_grain_gives_the_threaded_loaders_batches(data):
+    with BatchLoader(data, 4, seed=3, start=1, stop=7, threads=2) as loader:
+        want = list(loader)
+    with GrainLoader(data, 4, seed=3, start=1, stop=7, threads=3, depth=2) as loader:
+        got = list(loader)
+    same_batches(got, want)  # steps 1..6 span epochs 0..3, each with its own order
+
+
+def test_resume_mid_epoch_from_the_saved_iterator_state(data):
+    with GrainLoader(data, 4, seed=0, start=0, stop=9) as loader:
+        everything = list(loader)
+    with GrainLoader(data, 4, seed=0, start=0, stop=9) as loader:
+        batches = iter(loader)
+        first = [next(batches) for _ in range(3)]  # step 3 is the middle of epoch 1
+        state = loader.state(3)
+    assert state["loader"] == "grain" and state["origin"] == 0 and '"next_index": 3' in state["grain"]
+    with GrainLoader(data, 4, seed=0, start=3, stop=9, state=state) as loader:
+        rest = list(loader)
+        assert loader.origin == 0  # the saved pipeline, continued
+    same_batches(first + rest, everything)
+    # a state of another pipeline (here: another worker count) is dropped: built from the step
+    with GrainLoader(data, 4, seed=0, start=3, stop=9, state={**state, "workers": 5}) as loader:
+        assert loader.origin == 3
+        same_batches(list(loader), everything[3:])
+
+
+def test_each_process_builds_its_share_of_every_batch(data):
+    whole = list(GrainLoader(data, 4, 0, 0, 2))
+    parts = [list(GrainLoader(data, 4, 0, 0, 2, process_index=i, process_count=2)) for i in (0, 1)]
+    for n, (_, batch) in enumerate(whole):
+        for field, x in enumerate(batch):
+            np.testing.assert_array_equal(x, np.concatenate([parts[0][n][1][field], parts[1][n][1][field]]))
+
+
+def test_worker_processes_give_the_same_batches_and_state(data):
+    with BatchLoader(data, 4, seed=1, start=0, stop=5) as loader:
+        want = list(loader)
+    with GrainLoader(data, 4, seed=1, start=0, stop=5, workers=2, depth=2) as loader:
+        batches = iter(loader)
+        got = [next(batches) for _ in range(2)]
+        state = loader.state(2)
+    with GrainLoader(data, 4, seed=1, start=2, stop=5, workers=2, depth=2, state=state) as loader:
+        assert loader.origin == 0
+        got += list(loader)
+    same_batches(got, want)
+
+
+def test_errors_reach_the_consumer_naming_the_image(tmp_path):
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "small.png")
+    small = ImplicitDownsampled(tmp_path, inp_size=16, sample_q=8, cache=None)
+    with pytest.raises(Exception, match="small.png is smaller than the largest crop"):
+        with GrainLoader(small, 1, 0, 0, 3) as loader:
+            list(loader)
+
+
+def test_thread_loader_state_is_the_step(data):
+    with ThreadLoader(data, 4, 0, 2, 4) as loader:
+        assert [s for s, _ in loader] == [2, 3]
+        assert loader.state(4) == {"loader": "threads", "step": 4}
+
+
+def test_automatic_worker_count():
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert auto_workers(3) == 3 and auto_workers(0) == 0
+    assert auto_workers(-1) == max(0, min(8, cores - 2))
