@@ -511,3 +511,189 @@ class BridgeClient(object):
                     raise BridgeError(event.get("message") or "liif-jax worker error")
         finally:
             channel.close()
+
+
+# ------------------------------------------------------------------ plug-in orchestration
+# Both GIMP plug-ins (3.x and 2.10) run the same steps through these functions; each supplies
+# a "host" object that knows its GIMP's API:
+#   host.check(image)                      raise BridgeError if the image cannot be upscaled
+#   host.image_size(image) -> (w, h)
+#   host.layers(image) -> [layer]          pixel layers, depth first (groups walked)
+#   host.read(image, layer, box) -> (w, h, channels, fmt, bytes)   box: (x, y, w, h) or None
+#   host.write(image, layer, data)         undoable write of a whole layer (its current size)
+#   host.size(layer) -> (w, h)
+#   host.duplicate(image) -> copy          undo disabled on the copy
+#   host.scale(image, w, h)                Image > Scale Image
+#   host.delete(image)
+#   host.undo_group_start/undo_group_end(image)
+#   host.restore(image, backup)            put image back as backup was (same undo group)
+#   host.finish_new(image)                 a finished new image: undo on, shown if interactive
+#   host.progress_init/progress_update/progress_text/progress_end
+# and for the layer command:
+#   host.is_group(layer)
+#   host.selection_box(image, layer) -> (x, y, w, h) of the selection's bounds within the
+#                                       layer, or None (no selection, or none over the layer)
+#   host.new_image(image, layer, w, h, data) -> a new image of one layer holding data
+#   host.copy_layer(layer) -> copy      not in the image (a backup)
+#   host.scale_layer(layer, w, h)       Layer > Scale Layer (around the layer's centre)
+#   host.restore_layer(image, layer, copy)  copy takes the layer's place
+#   host.delete_layer(copy)
+# A test hook: $LIIF_JAX_TEST_FAIL_AFTER_SCALE=1 raises right after the image was scaled in
+# place, so real-GIMP tests can prove the image comes back exactly as it was.
+
+
+def _check_size(got, want, what):
+    if tuple(got) != tuple(want):
+        raise BridgeError("%s %dx%d, expected %dx%d" % ((what,) + tuple(got) + tuple(want)))
+
+
+def compute_layers(host, image, client, sources, sizes, precision, box=None):
+    """Every source layer through liif-jax, to its target size; nothing in GIMP is changed.
+    The progress (and with it GIMP's Cancel) covers exactly this phase. ``box``: (x, y, w, h)
+    of the layer to read instead of all of it."""
+    results = []
+    host.progress_init("Upscale (LIIF)")
+    try:
+        for i, (src, size) in enumerate(zip(sources, sizes)):
+            w, h, channels, fmt, data = host.read(image, src, box)
+
+            def progress(fraction, i=i):
+                host.progress_update((i + fraction) / float(len(sources)))
+
+            rw, rh, out, _, _ = client.upscale(w, h, channels, fmt, data, size=tuple(size),
+                                               precision=precision, progress=progress,
+                                               status=host.progress_text)
+            _check_size((rw, rh), size, "liif-jax returned")
+            results.append(out)
+    finally:
+        host.progress_end()
+    return results
+
+
+def _test_failure():
+    if os.environ.get("LIIF_JAX_TEST_FAIL_AFTER_SCALE") == "1":
+        raise BridgeError("injected failure after the image was scaled (LIIF_JAX_TEST_FAIL_AFTER_SCALE)")
+
+
+def _write_layers(host, image, results, sizes):
+    layers = host.layers(image)
+    for layer, size in zip(layers, sizes):  # every size first: no half-written image
+        _check_size(host.size(layer), size, "GIMP scaled a layer to")
+    _test_failure()
+    for layer, data in zip(layers, results):
+        host.write(image, layer, data)
+
+
+def layer_sizes(host, image, new_w, new_h):
+    """The size Image > Scale Image gives each pixel layer, learned on a throw-away duplicate
+    deleted at once (so nothing of ours is left in GIMP while liif-jax computes)."""
+    work = host.duplicate(image)
+    try:
+        host.scale(work, new_w, new_h)
+        return [host.size(layer) for layer in host.layers(work)]
+    finally:
+        host.delete(work)
+
+
+def upscale_image(host, image, scale, width, height, new_image, precision="auto", client=None):
+    """Image > Upscale (LIIF): like Image > Scale Image, every layer upscaled by LIIF.
+    Returns the resulting image; raises BridgeError (Cancelled on Cancel).
+
+    Computing first, the image untouched. Then either a new image (a duplicate scaled and
+    written; deleted again on failure) or, in place, one undo group: scale, write every
+    layer. A failure inside the group puts the image back from a duplicate made just before
+    (GIMP has no undo call for plug-ins), so any failure leaves the image as it was."""
+    host.check(image)
+    iw, ih = host.image_size(image)
+    new_w, new_h = target_size(iw, ih, scale, width, height)
+    client = client or host.client()
+    sizes = layer_sizes(host, image, new_w, new_h)
+    results = compute_layers(host, image, client, host.layers(image), sizes, precision)
+    if new_image:
+        result = host.duplicate(image)
+        try:
+            host.scale(result, new_w, new_h)
+            _write_layers(host, result, results, sizes)
+            host.finish_new(result)
+        except BaseException:
+            host.delete(result)
+            raise
+        return result
+    backup = host.duplicate(image)
+    try:
+        host.undo_group_start(image)
+        try:
+            host.scale(image, new_w, new_h)
+            _write_layers(host, image, results, sizes)
+        except BaseException:
+            host.restore(image, backup)
+            raise
+        finally:
+            host.undo_group_end(image)
+    finally:
+        host.delete(backup)
+    return image
+
+
+def upscale_layer(host, image, layer, scale, width, height, precision="auto", selection_only=False,
+                  client=None):
+    """Layer > Upscale Layer (LIIF): like Layer > Scale Layer (the layer keeps its centre; the
+    canvas stays), its pixels upscaled by LIIF, in one undo group that a failure undoes; or,
+    with ``selection_only``, the selection's bounds within the layer upscaled into a new image
+    (the input untouched). Returns the image changed or made; raises BridgeError."""
+    host.check(image)
+    if host.is_group(layer):
+        raise BridgeError("a layer group has no pixels of its own: pick a layer in it, or use "
+                          "Image > Upscale (LIIF)")
+    if selection_only:
+        box = host.selection_box(image, layer)
+        if box is None:
+            raise BridgeError("nothing of this layer is selected: select an area, or turn "
+                              "'Only the selection' off")
+        new_w, new_h = target_size(box[2], box[3], scale, width, height)
+        client = client or host.client()
+        data, = compute_layers(host, image, client, [layer], [(new_w, new_h)], precision, box)
+        return host.new_image(image, layer, new_w, new_h, data)
+    lw, lh = host.size(layer)
+    new_w, new_h = target_size(lw, lh, scale, width, height)
+    client = client or host.client()
+    data, = compute_layers(host, image, client, [layer], [(new_w, new_h)], precision)
+    backup = host.copy_layer(layer)
+    try:
+        host.undo_group_start(image)
+        try:
+            host.scale_layer(layer, new_w, new_h)
+            _check_size(host.size(layer), (new_w, new_h), "GIMP scaled the layer to")
+            _test_failure()
+            host.write(image, layer, data)
+        except BaseException:
+            host.restore_layer(image, layer, backup)
+            backup = None  # it is the layer now
+            raise
+        finally:
+            host.undo_group_end(image)
+    finally:
+        if backup is not None:
+            host.delete_layer(backup)
+    return image
+
+
+# ------------------------------------------------------------------ what the dialogs show
+ASPECT_HINT = "Scale 0 uses Width and Height; a Width or Height of 0 keeps the aspect ratio."
+
+
+def result_text(width, height, scale, new_width, new_height):
+    """The dialog's line about the result, for a source of width x height."""
+    try:
+        w, h = target_size(width, height, scale, new_width, new_height)
+    except BridgeError as exc:
+        return "Result: none yet (%s)" % exc
+    return "Result: %d x %d pixels (from %d x %d)" % (w, h, width, height)
+
+
+def weights_text(folder):
+    """Which weights the filter uses, as the dialog says it."""
+    weights = read_config(folder).get("weights")
+    if weights:
+        return "Weights: %s" % weights
+    return "Weights: liif-jax's bundled EDSR-baseline LIIF (set by 'liif-jax gimp install --weights FILE')"

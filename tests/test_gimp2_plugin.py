@@ -137,6 +137,32 @@ def test_failures_leave_the_image_exactly_as_it_was(plugin, breakage, message):
     assert len(duplicates) == (1 if breakage == "weights" else 0)
 
 
+def test_failure_after_the_scale_puts_the_image_back(plugin, monkeypatch):
+    # Issue 11, item 8: a failure inside the undo group, after the image was scaled, restores
+    # canvas, layer tree, names, offsets and pixels from the duplicate made before; inside the
+    # group (one Ctrl+Z takes the attempt away), the duplicate deleted.
+    module, gimpfu = plugin
+    config = json.loads((module.folder / "liif_jax_gimp.json").read_text())
+    image = make_image(gimpfu)
+    before = [(l.name, l.offsets, l.pixels.copy()) for l in gimpfu._walk(image.layers)]
+    monkeypatch.setenv("LIIF_JAX_TEST_FAIL_AFTER_SCALE", "1")
+    with pytest.raises(RuntimeError, match="injected failure after the image was scaled"):
+        module.liif_upscale(image, None, 2.0, 0, 0, False)
+    assert config["weights"]  # (a real worker computed every layer first)
+    assert (image.width, image.height) == (30, 20)
+    after = [(l.name, l.offsets, l.pixels) for l in gimpfu._walk(image.layers)]
+    assert [(n, o) for n, o, _ in after] == [(n, o) for n, o, _ in before]
+    assert all(np.array_equal(a[2], b[2]) for a, b in zip(after, before))
+    names = [c[0] for c in gimpfu.CALLS]
+    start, end = names.index("gimp_image_undo_group_start"), names.index("gimp_image_undo_group_end")
+    assert start < names.index("gimp_image_scale", start) < names.index("gimp_image_resize") < end
+    assert names.index("gimp_image_resize") < names.index("gimp_selection_none") < end
+    assert names.count("gimp_image_delete") == 2  # the sizing duplicate and the backup
+    # The sizing duplicate is gone before liif-jax computes; progress ends before any change.
+    assert names.index("gimp_image_delete") < names.index("gimp.progress_init")
+    assert names.index("gimp_progress_end") < start
+
+
 @pytest.mark.parametrize("kind,message", [("indexed", "Image > Mode > RGB"), ("u16", "8 bit"),
                                           ("size", "give a scale")])
 def test_refusals(plugin, kind, message):

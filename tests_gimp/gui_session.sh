@@ -18,7 +18,7 @@ gui_session() {
   for i in $(seq 100); do [ -s "$W/displayno" ] && break; sleep 0.1; done
   [ -s "$W/displayno" ] || { echo "Xvfb did not start"; exit 2; }
   export DISPLAY=":$(cat "$W/displayno")"
-  setsid gimp-3.0 -df --no-splash --batch-interpreter=python-fu-eval -b - <"$driver" >"$W/gimp.log" 2>&1 &
+  setsid gimp -df --no-splash --batch-interpreter=python-fu-eval -b - <"$driver" >"$W/gimp.log" 2>&1 &
   GPID=$!
 }
 

@@ -3,7 +3,7 @@
 #
 #   bash tests_gimp/undo_check.sh        (on the host, as root; ~30-60 s)
 #
-# In the trixie chroot of .ci/gimp/build_chroot.sh (which must be complete, with liif-jax in
+# In a chroot of .ci/gimp/build_chroot.sh ($LIIF_GIMP_CHROOT; it must be complete, with liif-jax in
 # /opt/liif-venv: LIIF_GIMP_INSTALL_SRC=$PWD bash .ci/gimp/build_chroot.sh), under Xvfb:
 #  1. GUI gimp-3.0 runs a batch driver (python-fu-eval, in the GUI process) that opens an RGB
 #     PNG in a display, exports it as it was loaded, runs python-fu-liif-upscale
@@ -41,7 +41,8 @@ cp "$INPUT" "$WORK/input.png"
 HOME_IN="$(mktemp -d "$ROOT/tmp/gimp-homes/undo.XXXXXX")"; HOME_CH="${HOME_IN#"$ROOT"}"
 trap 'rm -rf --one-file-system "$HOME_IN"' EXIT
 cp -a "$ROOT/opt/gimp-home-template/." "$HOME_IN/"
-PLUG="$HOME_IN/.config/GIMP/3.0/plug-ins/liif_upscale"
+GVER="$(ls "$HOME_IN/.config/GIMP" | sort -V | tail -1)"   # the template's profile: 3.0 or 3.2
+PLUG="$HOME_IN/.config/GIMP/$GVER/plug-ins/liif_upscale"
 mkdir -p "$PLUG"
 install -m 755 "$REPO/gimp_plugin/liif_upscale/liif_upscale.py" "$PLUG/liif_upscale.py"
 cp "$REPO/gimp_plugin/liif_bridge_client.py" "$PLUG/"

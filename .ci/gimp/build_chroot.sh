@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Build (or reuse) a Debian 13 "trixie" chroot with GIMP 3.0 (Python 3 plug-ins),
-# Xvfb, xdotool, xwd and ImageMagick, plus a venv /opt/liif-venv, for headless
-# GIMP plug-in tests.  Run as root on Debian 12.  See NOTES.md beside this file.
+# Build (or reuse) a Debian chroot with GIMP 3 (Python 3 plug-ins), Xvfb, xdotool, xwd and
+# ImageMagick, plus a venv /opt/liif-venv, for headless GIMP plug-in tests.  Run as root on
+# Debian 12.  See NOTES.md beside this file.  Two are used in CI: trixie (Debian 13, GIMP 3.0)
+# and unstable (sid, GIMP 3.2): LIIF_GIMP_SUITE=sid bash build_chroot.sh.
 #
 #   build_chroot.sh            build, or reuse when complete (re-mounting /proc, /dev/shm)
 #   build_chroot.sh --umount   unmount what this script mounts under the chroot, then exit
 #
 # Environment:
-#   LIIF_GIMP_CHROOT      chroot location (default /var/tmp/liif-gimp-chroot; keep it outside the repo)
+#   LIIF_GIMP_SUITE       Debian suite (default trixie: GIMP 3.0; sid: GIMP 3.2)
+#   LIIF_GIMP_CHROOT      chroot location (default /var/tmp/liif-gimp-chroot for trixie,
+#                         /var/tmp/liif-gimp-chroot-SUITE otherwise; keep it outside the repo)
 #   LIIF_GIMP_MIRROR      Debian mirror (default http://deb.debian.org/debian)
 #   LIIF_GIMP_VENV_PKGS   pip packages for /opt/liif-venv at build time (default "numpy"; "" = none)
 #   LIIF_GIMP_INSTALL_SRC path of a source checkout (e.g. this repo) to pip-install into
@@ -20,7 +23,9 @@
 # Shared folder: $ROOT/liif-work (host) == /liif-work (chroot), a plain directory, mode 1777.
 set -euo pipefail
 
-ROOT="${LIIF_GIMP_CHROOT:-/var/tmp/liif-gimp-chroot}"
+SUITE="${LIIF_GIMP_SUITE:-trixie}"
+case "$SUITE" in trixie) DEFAULT_ROOT=/var/tmp/liif-gimp-chroot;; *) DEFAULT_ROOT=/var/tmp/liif-gimp-chroot-$SUITE;; esac
+ROOT="${LIIF_GIMP_CHROOT:-$DEFAULT_ROOT}"
 MIRROR="${LIIF_GIMP_MIRROR:-http://deb.debian.org/debian}"
 VENV_PKGS="${LIIF_GIMP_VENV_PKGS-numpy}"
 PKGS="gimp python3-venv python3-pip ca-certificates xvfb xdotool x11-apps imagemagick"
@@ -102,7 +107,7 @@ if ! command -v debootstrap >/dev/null 2>&1; then
 fi
 
 if [ ! -f "$ROOT/.liif-debootstrap-done" ]; then
-  step_start "debootstrap --variant=minbase trixie $ROOT"
+  step_start "debootstrap --variant=minbase $SUITE $ROOT"
   if [ -e "$ROOT" ] && [ -n "$(ls -A "$ROOT" 2>/dev/null)" ] && [ ! -e "$ROOT/.liif-gimp-owned" ]; then
     echo "refusing to touch non-empty $ROOT: it was not made by this script" >&2; exit 1
   fi
@@ -114,7 +119,7 @@ if [ ! -f "$ROOT/.liif-debootstrap-done" ]; then
     rm -rf --one-file-system "$ROOT"
   fi
   mkdir -p "$ROOT" "$LOGDIR"; touch "$ROOT/.liif-gimp-owned"
-  debootstrap --variant=minbase trixie "$ROOT" "$MIRROR" > "$LOGDIR/debootstrap.log" 2>&1 || {
+  debootstrap --variant=minbase "$SUITE" "$ROOT" "$MIRROR" > "$LOGDIR/debootstrap.log" 2>&1 || {
     tail -30 "$LOGDIR/debootstrap.log" >&2; exit 1; }
   touch "$ROOT/.liif-debootstrap-done"
   step_end
@@ -129,6 +134,11 @@ cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/host/ca-certificates.crt"
 # no service may start inside the chroot
 printf '#!/bin/sh\nexit 101\n' > "$ROOT/usr/sbin/policy-rc.d"; chmod 755 "$ROOT/usr/sbin/policy-rc.d"
 
+if [ "$SUITE" != trixie ]; then
+  # unstable's Release file is valid for one week only; this machine's clock is ahead of
+  # the mirror's (apt: "Release file ... is expired"). Signatures are still checked.
+  echo 'Acquire::Check-Valid-Until "false";' > "$ROOT/etc/apt/apt.conf.d/99liif-valid-until"
+fi
 step_start "chroot: apt-get install --no-install-recommends $PKGS"
 inchroot apt-get update -q > "$LOGDIR/apt.log" 2>&1 || { tail -30 "$LOGDIR/apt.log" >&2; exit 1; }
 inchroot apt-get install -y -q --no-install-recommends $PKGS >> "$LOGDIR/apt.log" 2>&1 || {
@@ -145,21 +155,23 @@ if [ -n "$VENV_PKGS" ]; then
 fi
 
 # Warm GIMP profile template: GIMP's first start in an empty HOME writes
-# ~/.config/GIMP/3.0 (pluginrc etc.); run_gimp_batch.sh copies it into each fake HOME.
+# ~/.config/GIMP/3.x (pluginrc etc.); run_gimp_batch.sh copies it into each fake HOME and
+# takes the profile's version folder (3.0, 3.2) from it.  gimp-console is Debian's link to
+# gimp-console-3.x of any 3.x.
 step_start "warm GIMP HOME template /opt/gimp-home-template"
 inchroot /bin/sh -c '
   rm -rf /opt/gimp-home-template && mkdir -p /opt/gimp-home-template && cd /tmp &&
   echo "print(\"warm ok\", Gimp.version())" |
   HOME=/opt/gimp-home-template XDG_CONFIG_HOME=/opt/gimp-home-template/.config \
   XDG_CACHE_HOME=/opt/gimp-home-template/.cache XDG_DATA_HOME=/opt/gimp-home-template/.local/share \
-  timeout 300 gimp-console-3.0 -idf --quit --batch-interpreter=python-fu-eval -b -' \
+  timeout 300 gimp-console -idf --quit --batch-interpreter=python-fu-eval -b -' \
   > "$LOGDIR/warm.log" 2>&1 || { cat "$LOGDIR/warm.log" >&2; exit 1; }
 grep -q "warm ok" "$LOGDIR/warm.log" || { echo "warm run printed no 'warm ok':" >&2; cat "$LOGDIR/warm.log" >&2; exit 1; }
 step_end
 
 install_src
 
-echo "$(inchroot gimp-console-3.0 --version), $(inchroot python3 --version)"
-printf '%s\n%s\n' "$MARKER_VERSION" "built $(date -u +%FT%TZ)" > "$MARKER"
+echo "$SUITE: $(inchroot gimp-console --version), $(inchroot python3 --version)"
+printf '%s\n%s\n' "$MARKER_VERSION" "built $(date -u +%FT%TZ), $SUITE, $(inchroot gimp-console --version)" > "$MARKER"
 echo "== total: $(secs "$T_ALL") s"
 echo "chroot ready: $ROOT (shared folder: host $ROOT/liif-work == /liif-work inside)"

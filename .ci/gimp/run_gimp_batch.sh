@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# Run a Python driver in headless GIMP 3.0 inside the trixie chroot.
+# Run a Python driver in headless GIMP 3 inside a chroot of build_chroot.sh (trixie: 3.0,
+# sid: 3.2; $LIIF_GIMP_CHROOT picks it).
 #
 #   run_gimp_batch.sh DRIVER.py [PLUGIN_DIR]
 #
 # DRIVER.py is fed on stdin to
-#   gimp-console-3.0 -idf --quit --batch-interpreter=python-fu-eval -b -
+#   gimp-console -idf --quit --batch-interpreter=python-fu-eval -b -
 # (python-fu-eval exec()s it with `Gimp` already imported; import what else you need).
 # Each run gets a fresh fake HOME copied from the warmed template
 # /opt/gimp-home-template (made by build_chroot.sh).
 #
 # PLUGIN_DIR (optional): either one plug-in folder NAME/ holding NAME.py, or a
 # folder whose sub-folders are such plug-in folders.  They are copied to
-# $HOME/.config/GIMP/3.0/plug-ins/NAME/NAME.py (made executable), where GIMP 3
-# loads user plug-ins from.
+# $HOME/.config/GIMP/<3.x>/plug-ins/NAME/NAME.py (made executable), where GIMP 3
+# loads user plug-ins from (<3.x>: the version folder of the warmed profile template).
 #
 # Shared folder: /liif-work inside the chroot == $LIIF_GIMP_CHROOT/liif-work on the host
 # (default /var/tmp/liif-gimp-chroot/liif-work).  Put inputs there, have the driver
@@ -56,16 +57,18 @@ cleanup() {
 }
 trap cleanup EXIT
 cp -a "$ROOT/opt/gimp-home-template/." "$HOME_IN/"
+# The profile folder GIMP made when the template was warmed: 3.0 or 3.2.
+GVER="$(ls "$HOME_IN/.config/GIMP" | sort -V | tail -1)"
 
 install_plugin() {  # $1 = folder NAME holding NAME.py
   local src="$1" name; name="$(basename "$src")"
   [ -f "$src/$name.py" ] || return 1
-  local dst="$HOME_IN/.config/GIMP/3.0/plug-ins/$name"
+  local dst="$HOME_IN/.config/GIMP/$GVER/plug-ins/$name"
   rm -rf "$dst"; mkdir -p "$dst"
   cp -rL "$src/." "$dst/"
   find "$dst" -name __pycache__ -prune -exec rm -rf {} +
   chmod 755 "$dst/$name.py"
-  echo "plug-in installed: $HOME_CH/.config/GIMP/3.0/plug-ins/$name/$name.py" >&2
+  echo "plug-in installed: $HOME_CH/.config/GIMP/$GVER/plug-ins/$name/$name.py" >&2
 }
 if [ -n "$PLUGDIR" ]; then
   PLUGDIR="$(cd "$PLUGDIR" && pwd)"
@@ -88,7 +91,7 @@ set +e
 FLAGS=-idf                                   # -f: no fonts (faster start)
 [ "${LIIF_GIMP_FONTS:-0}" = 1 ] && FLAGS=-id  # fonts: text layers need them
 timeout -k 10 "$TIMEOUT" chroot "$ROOT" /usr/bin/env -i "${ENVV[@]}" /bin/sh -c \
-  'cd /liif-work && exec gimp-console-3.0 "$1" --quit --batch-interpreter=python-fu-eval -b -' \
+  'cd /liif-work && exec gimp-console "$1" --quit --batch-interpreter=python-fu-eval -b -' \
   sh "$FLAGS" < "$DRIVER"
 rc=$?
 set -e

@@ -12,6 +12,7 @@ import numpy as np
 RGB, GRAY, INDEXED = 0, 1, 2
 PF_INT, PF_FLOAT, PF_STRING, PF_BOOL, PF_IMAGE, PF_DRAWABLE, PF_OPTION = range(7)
 PRECISION_U8_NON_LINEAR, PRECISION_U16_NON_LINEAR = 150, 250
+ORIENTATION_HORIZONTAL, ORIENTATION_VERTICAL = 0, 1
 
 REGISTERED = []
 CALLS = []  # (name, args) of every pdb/gimp call, in order
@@ -77,6 +78,8 @@ class Image:
         self.width, self.height, self.layers = width, height, layers
         self.base_type, self.precision = base_type, precision
         self.deleted = False
+        self.channels, self.vectors = [], []
+        self.selection = Layer("selection", np.zeros((height, width, 1), np.uint8))
 
 
 def _walk(layers):
@@ -115,6 +118,31 @@ class _Pdb:
 
     def _gimp_image_delete(self, image):
         image.deleted = True
+
+    def _gimp_image_resize(self, image, width, height, offx, offy):
+        # Canvas only (content not scaled): layers keep their pixels and offsets here.
+        image.width, image.height = width, height
+        image.selection.pixels = np.zeros((height, width, 1), np.uint8)
+
+    def _gimp_image_remove_layer(self, image, layer):
+        image.layers.remove(layer)
+
+    def _gimp_layer_new_from_drawable(self, layer, image):
+        new = copy.deepcopy(layer)
+        new.name = layer.name + " copy"
+        return new
+
+    def _gimp_image_insert_layer(self, image, layer, parent, position):
+        (image.layers if parent is None else parent.children).insert(position, layer)
+
+    def _gimp_item_get_name(self, item):
+        return item.name
+
+    def _gimp_item_set_name(self, item, name):
+        item.name = name
+
+    def _gimp_image_get_selection(self, image):
+        return image.selection
 
     def _gimp_image_scale(self, image, width, height):
         sx, sy = width / float(image.width), height / float(image.height)
