@@ -13,6 +13,9 @@ from liif_jax.imageio import LUMA, as_float_image
 # Refuse outputs larger than this many pixels unless the caller raises the limit: a typo such
 # as --scale 400 should fail in a second, not exhaust memory after minutes.
 DEFAULT_MAX_PIXELS = 100_000_000
+# Pixels per side of the full render a --region is placed in: float32 pixel-centre
+# coordinates in [-1, 1] stay distinct up to 2**24 of them.
+MAX_AXIS = 2 ** 24
 
 _default_model = None
 _default_lock = threading.Lock()
@@ -49,8 +52,9 @@ def output_size(in_hw, *, scale=None, size=None, width=None, height=None) -> tup
 
     Exactly one way of asking: ``scale`` (s or (sx, sy)); ``size`` = (width, height); or
     ``width`` and/or ``height`` (one side alone keeps the aspect ratio, rounded to nearest).
+    (h, w) may be fractional (a region's size): it is never truncated before scaling.
     """
-    h, w = int(in_hw[0]), int(in_hw[1])
+    h, w = in_hw[0], in_hw[1]
     given = [x is not None for x in (scale, size)] + [width is not None or height is not None]
     if sum(given) != 1:
         raise RequestError("give exactly one of scale, size, or width/height")
@@ -133,9 +137,22 @@ def plan_output(in_hw, *, scale=None, size=None, width=None, height=None, region
     out_hw = output_size((h, w), scale=scale, size=size, width=width, height=height)
     if scale is not None:
         full_h, full_w = output_size(in_hw, scale=scale)
+        # output_size gives any axis at least one pixel; a region must earn its pixels, or
+        # one output pixel would stand for a sliver the render's grid cannot place.
+        exact_h, exact_w = h * full_h / in_h, w * full_w / in_w
+        if not (exact_h >= 0.5 and exact_w >= 0.5):
+            raise RequestError(f"region {x:g},{y:g},{w:g},{h:g} gives less than one output pixel "
+                               f"at this scale ({exact_w:.3g}x{exact_h:.3g}); make it larger")
     else:  # the requested pixels cover the region exactly
         full_h, full_w = out_hw[0] * in_h / h, out_hw[1] * in_w / w
-    return out_hw, ((y * full_h / in_h, full_h), (x * full_w / in_w, full_w))
+    window = ((y * full_h / in_h, full_h), (x * full_w / in_w, full_w))
+    # The render computes pixel centres in float32 from these numbers: a sliver of a region
+    # (subnormal sizes) would make them infinite or NaN, and past 2**24 pixels per axis float32
+    # cannot tell neighbouring pixels apart.
+    if not all(math.isfinite(v) for axis in window for v in axis) or max(full_h, full_w) > MAX_AXIS:
+        raise RequestError(f"region {x:g},{y:g},{w:g},{h:g} is too small for this output: the full "
+                           f"render it is part of would be over {MAX_AXIS:,} pixels per side")
+    return out_hw, window
 
 
 def upscale(image, *, scale=None, size=None, model=None, max_pixels: int | None = DEFAULT_MAX_PIXELS,

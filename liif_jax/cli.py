@@ -4,6 +4,7 @@ library error into one line on stderr and an exit code -- here and nowhere else.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
@@ -44,9 +45,12 @@ examples:
   liif-jax upscale in.png out.npy --size 1440x1080
   liif-jax upscale in.jpg out.jpg --height 2160 --quality 92
 
-IN may be a folder: every image below it is upscaled into OUT (a folder, created if
-needed) keeping the tree; existing outputs are skipped unless --overwrite; one failing image
-is reported and skipped (the exit status is 1 at the end if any failed).
+IN may be a folder: every image below it (hidden files skipped) is upscaled into OUT (a
+folder, created if needed) keeping the tree; existing outputs are skipped unless --overwrite;
+one failing image is reported and skipped (the exit status is 1 at the end if any failed).
+Each output keeps its input's format, or takes --format's; BMP, GIF, PNM and TGA inputs are
+written as PNG (formats liif-jax does not write). Two inputs that would give the same output
+(c.png and c.jpg with --format png) are refused before any work.
 
 Big images are processed in tiles (exactly: tiles never change the result), sized
 automatically to --max-memory or set with --tile. --max-memory is host memory on a CPU
@@ -130,10 +134,11 @@ example:
 TRAIN_HELP = """\
 Train LIIF with the paper's recipe, or fine-tune the bundled weights on your own photos.
 
-DATA is any folder of high-resolution images (PNG/JPEG/WebP, searched recursively; every
-side at least 4 x the config's crop size, 192 px for 'paper'). Each step samples random
-crops at random scales 1-4, downsamples them with bicubic and learns to predict the
-original pixels. Real photos of the kind you will upscale work best.
+DATA is any folder of high-resolution images (PNG, JPEG, WebP, TIFF, BMP, GIF, PNM, TGA;
+searched recursively, hidden files skipped; every side at least 4 x the config's crop
+size, 192 px for 'paper'). Each step samples random crops at random scales 1-4,
+downsamples them with bicubic and learns to predict the original pixels. Real photos of the
+kind you will upscale work best.
 
 WORKDIR holds the run: config.json, log.jsonl (loss, learning rate, steps/s, validation
 PSNR), checkpoints/ (the newest few) and, if tensorboardX is installed, tensorboard/.
@@ -220,8 +225,10 @@ def _memory_arg(text: str):
         value = float(number) * units[t[len(number):]]
     except (ValueError, KeyError):
         raise argparse.ArgumentTypeError(f"expected a size such as 2GB or 512MB, got {text!r}") from None
-    if not value > 0:
+    if not value > 0:  # NaN too
         raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    if not math.isfinite(value):  # 'inf', '1e400': int() of them would raise
+        raise argparse.ArgumentTypeError(f"must be a finite size such as 2GB, got {text!r}")
     return int(value)
 
 
@@ -289,7 +296,7 @@ def add_upscale_args(p: argparse.ArgumentParser) -> None:
                    help="render only this part of the input (input pixels, fractions allowed)")
     folder = p.add_argument_group("folders (IN is a folder)")
     folder.add_argument("--format", choices=sorted(e.lstrip(".") for e in OUTPUT_EXTENSIONS),
-                        help="output format for a folder (default: keep each file's own)")
+                        help="output format for a folder (default: each file's own; BMP, GIF, PNM, TGA become PNG)")
     folder.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     _add_distributed_args(folder, "let each process take its share of the images")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -386,24 +393,29 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 def run_compare(args) -> int:
     from liif_jax.compare import compare_panels
-    from liif_jax.imageio import check_output_path, read_image, write_image
+    from liif_jax.imageio import check_output_path, read_input, write_image
     from liif_jax.weights import load_model
 
     check_output_path(args.output, args.input)
-    image, meta = read_image(args.input)
+    image, meta = read_input(args.input)
     rgb = np.repeat(image.pixels[..., None], 3, -1) if image.gray else image.pixels
     truth = None
     if args.ground_truth:
-        gt, _ = read_image(args.ground_truth)
+        gt, _ = read_input(args.ground_truth)
         truth = np.repeat(gt.pixels[..., None], 3, -1) if gt.gray else gt.pixels
+    from liif_jax.api import plan_output
+
+    (out_h, out_w), _ = plan_output(rgb.shape[:2], scale=args.scale, region=args.crop)
     model = load_model(args.weights)
-    progress = _Progress(0, "compare", args.quiet)
+    progress = _Progress(out_h * out_w, "compare", args.quiet)  # the bar counts LIIF's pixels
     try:
         picture = compare_panels(rgb, args.scale, model, crop=args.crop, ground_truth=truth,
-                                 progress=progress.for_image(0, 1))
+                                 progress=progress.for_image(0, out_h * out_w))
     finally:
         progress.close()
     write_image(args.output, picture, meta)
+    panels = "nearest | bicubic | LIIF" + (" | ground truth" if truth is not None else "")
+    print(f"{args.output}: {panels} x{args.scale:g}, {out_w}x{out_h} each")
     return 0
 
 
@@ -412,7 +424,7 @@ def run_eval(args) -> int:
     from pathlib import Path
 
     from liif_jax.evaluate import evaluate_image, format_table
-    from liif_jax.imageio import INPUT_EXTENSIONS, to_uint8
+    from liif_jax.imageio import find_images, to_uint8
     from liif_jax.weights import load_model
 
     try:
@@ -424,33 +436,46 @@ def run_eval(args) -> int:
     root = Path(args.data)
     if not root.is_dir():
         raise RequestError(f"--data must be a folder of images: {root}")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in INPUT_EXTENSIONS and p.is_file())
+    files = find_images(root)
     if not files:
         raise RequestError(f"no images found in {root}")
-    from liif_jax.imageio import read_image
+    from liif_jax.imageio import read_input
 
     model = load_model(args.weights)
-    records = []
+    records, failed = [], 0
     progress = _Progress(len(files) * len(scales), "eval", args.quiet)
     try:
         for path in files:
-            image, _ = read_image(path)
+            rel = path.relative_to(root)
+            try:
+                image, _ = read_input(path)
+            except LiifError as exc:  # one bad file is reported; the others are measured
+                failed += 1
+                progress.write(f"{PROG}: error: {rel}: {_one_line(exc)}")
+                if progress.bar is not None:
+                    progress.bar.update(len(scales))
+                continue
             rgb = np.repeat(image.pixels[..., None], 3, -1) if image.gray else image.pixels
             hr = to_uint8(rgb)
             for scale in scales:
-                records.append(evaluate_image(str(path.relative_to(root)), hr, scale, model,
-                                              protocol=args.protocol, precision=args.precision))
+                try:
+                    records.append(evaluate_image(str(rel), hr, scale, model,
+                                                  protocol=args.protocol, precision=args.precision))
+                except LiifError as exc:  # e.g. a scale too large for this image
+                    failed += 1
+                    progress.write(f"{PROG}: error: {rel}: x{scale:g}: {_one_line(exc)}")
                 if progress.bar is not None:
                     progress.bar.update(1)
     finally:
         progress.close()
-    print(format_table(records))
+    if records:
+        print(format_table(records))
     if args.json:
         from liif_jax.atomic import atomic_output
 
         with atomic_output(args.json) as f:
             f.write(json.dumps([r.as_dict() for r in records], indent=1).encode())
-    return 0
+    return 1 if failed else 0
 
 
 def run_train(args) -> int:
@@ -567,12 +592,13 @@ def _render_size_kwargs(args, in_hw) -> dict:
     return {"size": (out_w, out_h)}
 
 
-def _upscale_file(src, dst, args, model, progress) -> tuple:
-    """Read, render and write one image; returns ((h, w), (H, W))."""
+def _upscale_file(src, dst, args, model, progress, image=None) -> tuple:
+    """Read (unless ``image`` = (FloatImage, ImageMeta) is given), render and write one
+    image; returns ((h, w), (H, W))."""
     from liif_jax.api import upscale
-    from liif_jax.imageio import output_format, read_image, write_image
+    from liif_jax.imageio import output_format, read_input, write_image
 
-    image, meta = read_image(src)
+    image, meta = image or read_input(src)
     in_hw = image.pixels.shape[:2]
     fmt = output_format(dst)
     eight_bit = fmt is not None and not (meta.bits > 8 and fmt in ("PNG", "TIFF"))
@@ -587,27 +613,32 @@ def _upscale_file(src, dst, args, model, progress) -> tuple:
 def run_upscale(args) -> int:
     from pathlib import Path
 
-    from liif_jax.imageio import check_output_path, header_size
+    from liif_jax.imageio import check_output_path, read_input
     from liif_jax.weights import load_model
 
     _size_request(args)
     if Path(args.input).is_dir():
         return run_upscale_folder(args)
-    if args.distributed or args.format or args.overwrite:
-        raise RequestError("--distributed, --format and --overwrite are for folders (IN is a folder)")
+    if args.distributed or args.format:
+        raise RequestError("--distributed and --format are for folders (IN is a folder)")
+    # --overwrite asks nothing more of a single file: OUT is always replaced (atomically).
     check_output_path(args.output, args.input)
-    hw = header_size(args.input)
-    total = 0
-    if hw is not None:
-        total = _planned_pixels(args, hw)
+    image = read_input(args.input)  # a bad input is reported before the model loads
+    total = _planned_pixels(args, image[0].pixels.shape[:2])
     model = load_model(args.weights)
     progress = _Progress(total, os.path.basename(args.output), args.quiet)
     try:
-        in_hw, out_hw = _upscale_file(args.input, args.output, args, model, progress.for_image(0, total))
+        in_hw, out_hw = _upscale_file(args.input, args.output, args, model,
+                                      progress.for_image(0, total), image=image)
     finally:
         progress.close()
-    if not args.quiet:
-        print(f"{args.output}: {in_hw[1]}x{in_hw[0]} -> {out_hw[1]}x{out_hw[0]}", file=sys.stderr)
+    # The result line is the command's output (stdout, like convert's): --quiet hides only the bar.
+    if args.region is None:
+        print(f"{args.output}: {in_hw[1]}x{in_hw[0]} -> {out_hw[1]}x{out_hw[0]}")
+    else:
+        x, y, w, h = args.region
+        print(f"{args.output}: region {w:g}x{h:g} at {x:g},{y:g} of {in_hw[1]}x{in_hw[0]} "
+              f"-> {out_hw[1]}x{out_hw[0]}")
     return 0
 
 
@@ -623,25 +654,6 @@ def _planned_pixels(args, in_hw) -> int:
     except LiifError:
         return 0
     return out_hw[0] * out_hw[1]
-
-
-def _folder_jobs(src_root, dst_root, fmt):
-    from pathlib import Path
-
-    from liif_jax.imageio import INPUT_EXTENSIONS
-
-    jobs = []
-    for path in sorted(Path(src_root).rglob("*")):
-        rel = path.relative_to(src_root)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
-        if path.suffix.lower() not in INPUT_EXTENSIONS:
-            continue
-        dst = Path(dst_root) / rel
-        if fmt:
-            dst = dst.with_suffix("." + fmt)
-        jobs.append((path, dst, rel))
-    return jobs
 
 
 def _init_distributed(args) -> None:
@@ -671,20 +683,12 @@ def _distributed_share(args, jobs):
 
 
 def run_upscale_folder(args) -> int:
-    from pathlib import Path
-
+    from liif_jax.folders import plan_folder
     from liif_jax.imageio import header_size, output_format
     from liif_jax.weights import load_model
 
-    src_root, dst_root = Path(args.input), Path(args.output)
-    from liif_jax.imageio import OUTPUT_FORMATS
-
-    if (dst_root.exists() and not dst_root.is_dir()) or \
-            (not dst_root.exists() and dst_root.suffix.lower() in OUTPUT_FORMATS):
-        raise RequestError(f"IN is a folder, so OUT must be a folder, not '{dst_root.name}'")
-    if dst_root.resolve() == src_root.resolve() or src_root.resolve() in dst_root.resolve().parents:
-        raise RequestError("OUT must not be IN or inside it (outputs would become inputs)")
-    jobs = _folder_jobs(src_root, dst_root, args.format)
+    # Every check on the whole set (OUT, collisions) comes before any process takes its share.
+    jobs = [(j.src, j.dst, j.rel) for j in plan_folder(args.input, args.output, args.format)]
     prefix = ""
     if args.distributed:
         jobs, prefix = _distributed_share(args, jobs)
@@ -753,7 +757,13 @@ def _one_line(message) -> str:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     prefix = "warning" if issubclass(category, LiifWarning) else category.__name__
-    print(f"{PROG}: {prefix}: {_one_line(message)}", file=sys.stderr)
+    text = f"{PROG}: {prefix}: {_one_line(message)}"
+    if "tqdm" in sys.modules:  # a bar may be on screen: tqdm clears it, writes, redraws it
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr)
 
 
 def run(args, prog: str = PROG) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,15 @@ import numpy as np
 from liif_jax.atomic import atomic_output
 from liif_jax.errors import ImageError, LiifWarning, OutputError
 
+# The one extension table of image inputs (upscale folders, eval, train): input extension ->
+# the output extension a folder run writes it as without --format. Formats we can write keep
+# their own; the others (BMP, GIF, PNM, TGA) become PNG: lossless, so nothing is lost that
+# the input had, and read everywhere.
+IMAGE_EXTENSIONS = {".png": ".png", ".jpg": ".jpg", ".jpeg": ".jpeg", ".webp": ".webp",
+                    ".tif": ".tif", ".tiff": ".tiff", ".bmp": ".png", ".gif": ".png",
+                    ".ppm": ".png", ".pgm": ".png", ".pbm": ".png", ".pnm": ".png", ".tga": ".png"}
+INPUT_EXTENSIONS = tuple(IMAGE_EXTENSIONS)
 # Output extension -> Pillow format (None: NumPy .npy, the exact float32 array).
-INPUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm",
-                    ".pgm", ".pnm", ".tga")
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
                   ".tif": "TIFF", ".tiff": "TIFF", ".npy": None}
 DEFAULT_QUALITY = 95  # JPEG/WebP; Pillow's own default (75) visibly softens an upscale
@@ -63,6 +70,8 @@ def _warn(message: str) -> None:
 
 
 def _to_float(array: np.ndarray, what: str) -> np.ndarray:
+    if array.dtype.byteorder not in ("=", "|"):  # e.g. '>u2' from a file: same values, our order
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype == np.uint8:
         return array.astype(np.float32) / np.float32(255)
     if array.dtype == np.uint16:
@@ -152,50 +161,193 @@ def as_float_image(image, what: str = "image") -> FloatImage:
 
 
 def read_image(path) -> tuple[FloatImage, ImageMeta]:
-    """Read an image file: EXIF orientation applied, metadata kept for the output."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Read an image file: EXIF orientation applied, metadata kept for the output.
+
+    Every way a file can be bad -- missing, a folder, a FIFO or device, unreadable, not an
+    image, damaged (any exception a decoder raises on hostile bytes) -- is an ``ImageError``
+    with a one-line message, so a folder run reports the file and goes on."""
+    from PIL import Image
 
     path = Path(path)
     what = f"input '{path.name}'"
-    if not path.exists():
-        raise ImageError(f"input not found: {path}")
-    if path.is_dir():
-        raise ImageError(f"input is a folder, not an image: {path}")
+    with open_input(path, what) as f:
+        try:
+            return _decode(f, what)
+        except (ImageError, MemoryError):
+            raise
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{what} is too large to open safely ({exc})".split(". ")[0]) from None
+        except PermissionError:
+            raise ImageError(f"cannot read {what}: permission denied") from None
+        except Exception as exc:  # noqa: BLE001 - decoders raise anything on hostile bytes
+            detail = _one_line(str(exc)) or type(exc).__name__
+            raise ImageError(f"{what} is damaged or truncated ({detail[:80]})") from None
+
+
+def read_input(path) -> tuple[FloatImage, ImageMeta]:
+    """``read_image`` for a command (one thread at a time: warning filters are global).
+
+    Decoders talk about damaged files -- Pillow in warnings ("Corrupt EXIF data", "Tag data
+    larger than file", once per tag), tifffile in log records -- often many lines for one
+    file. They are held back while the file is read: if it is refused, they are dropped (the
+    one-line ImageError says what matters); if it is read, each distinct one is re-issued
+    once as a LiifWarning naming the file."""
+    import logging
+
+    what = f"input '{Path(path).name}'"
+    held: list[logging.LogRecord] = []
+
+    class _Hold(logging.Handler):
+        def emit(self, record):
+            held.append(record)
+
+    logger = logging.getLogger("tifffile")
+    handler, propagate = _Hold(logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
     try:
-        with Image.open(path) as img:
-            orientation = _orientation(img)
-            if getattr(img, "n_frames", 1) > 1:
-                _warn(f"{what} has {img.n_frames} frames; only the first is upscaled")
-            img.load()
-            source_mode, source_format = img.mode, img.format
-            meta = ImageMeta(icc_profile=img.info.get("icc_profile"), dpi=img.info.get("dpi"))
-            try:
-                img = ImageOps.exif_transpose(img)
-                exif = img.getexif()
-                exif.pop(0x0112, None)  # orientation is now applied to the pixels
-                meta.exif = exif.tobytes() if len(exif) else None
-            except Exception:  # a damaged EXIF block must not stop an upscale
-                meta.exif = None
-            if source_mode not in ("RGB", "RGBA", "L", "LA", "P", "1", *_GRAY_16):
-                meta.icc_profile = None  # a CMYK/LAB profile would mislabel RGB output
-            deep = _read_deep(path, source_format, orientation)
-            if deep is not None:
-                meta.bits = 32 if deep.dtype.kind == "f" else 16
-                image = from_array(deep, what)
-            else:
-                image = from_pil(img, what)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = read_image(path)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    seen = set()
+    for message in [w.message for w in caught] + [r.getMessage() for r in held]:
+        own = isinstance(message, LiifWarning)
+        text = _one_line(str(message))
+        if text in seen:
+            continue
+        seen.add(text)
+        _warn(text if own else f"{what}: {text}")
+    return result
+
+
+def open_input(path, what: str | None = None):
+    """``path`` opened for binary reading, refusing (ImageError) anything but a regular file.
+
+    Why not just open(): opening a FIFO blocks until a writer comes (forever, for a mistyped
+    path), and a device such as /dev/zero never ends. So the file is opened non-blocking,
+    checked with fstat on the descriptor actually opened (no race with a swapped path), and
+    only then made an ordinary blocking file."""
+    path = Path(path)
+    what = what or f"input '{path.name}'"
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ImageError(f"input not found: {path}") from None
+    except PermissionError:
+        raise ImageError(f"cannot read {what}: permission denied") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read {what}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError(f"input is a folder, not an image: {path}")
+    not_regular = ImageError(f"{what} is not a regular file (a FIFO, device or socket); "
+                             f"give an image file")
+    if not stat.S_ISREG(info.st_mode):
+        raise not_regular
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except PermissionError:
+        raise ImageError(f"cannot read {what}: permission denied") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read {what}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise not_regular
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        raw = io.FileIO(fd, "rb", closefd=True)
+        raw.name = str(path)  # tifffile (and error messages) want a name, not a descriptor
+        return io.BufferedReader(raw)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+
+
+def _decode(f, what: str) -> tuple[FloatImage, ImageMeta]:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    head = f.read(64)
+    f.seek(0)
+    try:
+        img = Image.open(f)
     except UnidentifiedImageError:
-        empty = _declared_empty_size(path)
+        if head[:4] in _TIFF_MAGIC:  # float RGB(A), 16-bit gray + alpha, ...: Pillow has no mode
+            return _read_tiff(f, what)
+        empty = _declared_empty_size(head)
         if empty:
             raise ImageError(f"{what} has no pixels ({empty[0]}x{empty[1]})") from None
         raise ImageError(f"{what} is not an image file Pillow can read") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{what} is too large to open safely ({exc})".split(". ")[0]) from None
-    except PermissionError:
-        raise ImageError(f"cannot read {what}: permission denied") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{what} is damaged or truncated ({str(exc)[:80]})") from None
-    return image, meta
+    with img:
+        if img.format == "TIFF":
+            try:
+                img.load()
+            except (OSError, ValueError):  # a layout or compression Pillow cannot decode
+                return _read_tiff(f, what)
+        orientation = _orientation(img)
+        if getattr(img, "n_frames", 1) > 1:
+            _warn(f"{what} has {img.n_frames} frames; only the first is upscaled")
+        img.load()
+        source_mode, source_format = img.mode, img.format
+        meta = ImageMeta(icc_profile=img.info.get("icc_profile"), dpi=img.info.get("dpi"))
+        try:
+            img = ImageOps.exif_transpose(img)
+            exif = img.getexif()
+            exif.pop(0x0112, None)  # orientation is now applied to the pixels
+            meta.exif = exif.tobytes() if len(exif) else None
+        except Exception:  # a damaged EXIF block must not stop an upscale
+            meta.exif = None
+        if source_mode not in ("RGB", "RGBA", "L", "LA", "P", "1", *_GRAY_16):
+            meta.icc_profile = None  # a CMYK/LAB profile would mislabel RGB output
+        deep = _read_deep(f, head, source_format, orientation)
+        if deep is not None:
+            meta.bits = 32 if deep.dtype.kind == "f" else 16
+            return from_array(deep, what), meta
+        return from_pil(img, what), meta
+
+
+def _read_tiff(f, what: str) -> tuple[FloatImage, ImageMeta]:
+    """A TIFF Pillow cannot read, through tifffile: gray or RGB, uint8/uint16/float samples,
+    with or without alpha (extra samples), contiguous or planar. Sizes are checked against
+    Pillow's decompression-bomb limit before any pixel is decoded."""
+    import tifffile
+    from PIL import Image
+
+    f.seek(0)
+    with tifffile.TiffFile(f) as tif:
+        page = tif.pages[0]
+        photometric = int(page.photometric)
+        if photometric not in (1, 2):  # MINISBLACK, RGB
+            name = getattr(page.photometric, "name", photometric)
+            raise ImageError(f"{what} is a TIFF with photometric {name}, which is not supported "
+                             f"(save it as RGB or gray)")
+        if page.axes not in ("YX", "YXS", "SYX"):
+            raise ImageError(f"{what} is a TIFF of {page.axes} samples; only one gray or RGB "
+                             f"image per file is supported")
+        h, w = int(page.imagelength), int(page.imagewidth)
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and h * w > 2 * limit:
+            raise ImageError(f"{what} is too large to open safely ({w}x{h} pixels)")
+        arr = _tiff_samples(page)
+        tags = page.tags
+        icc = tags.get(34675)
+        orientation = tags.get(274)
+        meta = ImageMeta(icc_profile=bytes(icc.value) if icc is not None else None)
+        orientation = int(orientation.value) if orientation is not None else 1
+    if arr.dtype.kind == "f":
+        meta.bits, arr = 32, arr.astype(np.float32)
+    elif arr.dtype.itemsize > 1:
+        meta.bits = 16
+    return from_array(_orient(arr, orientation), what), meta
 
 
 def _orientation(img) -> int:
@@ -213,33 +365,44 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](arr)) if orientation in ops else arr
 
 
-def _read_deep(path: Path, fmt: str | None, orientation: int):
+def _tiff_samples(page) -> np.ndarray:
+    """A gray or RGB TIFF page's samples as (h, w) or (h, w, c): planar files (one plane per
+    sample) made contiguous, extra samples past the alpha dropped."""
+    arr = page.asarray()
+    if page.axes == "SYX":
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim == 3:
+        arr = arr[..., :2] if int(page.photometric) == 1 else arr[..., :4]
+    return arr
+
+
+def _read_deep(f, head: bytes, fmt: str | None, orientation: int):
     """16-bit (or float) samples Pillow would cut to 8 bits: PNG through pypng, TIFF through
-    tifffile. Returns the array, or None for an 8-bit file (Pillow reads those)."""
+    tifffile, both from the open file ``f``. Returns the array, or None for an 8-bit file
+    (Pillow reads those)."""
+    f.seek(0)
     if fmt == "PNG":
-        with open(path, "rb") as f:
-            head = f.read(26)
         if len(head) < 26 or head[24] != 16:
             return None
         import png
 
-        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+        width, height, rows, info = png.Reader(file=f).asDirect()
         arr = np.array([np.asarray(row, dtype=np.uint16) for row in rows], dtype=np.uint16)
         arr = arr.reshape(height, width, info["planes"])
     elif fmt == "TIFF":
         import tifffile
 
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(f) as tif:
             page = tif.pages[0]
             if page.bitspersample <= 8 or page.photometric not in (1, 2):  # gray or RGB only
                 return None
-            arr = page.asarray()
+            if page.axes not in ("YX", "YXS", "SYX"):
+                return None
+            arr = _tiff_samples(page)
         if arr.dtype.kind == "f":
             arr = arr.astype(np.float32)
         elif arr.dtype != np.uint16:
             return None
-        if arr.ndim == 3 and arr.shape[2] > 4:
-            arr = arr[..., :4]
     else:
         return None
     if arr.ndim == 3 and arr.shape[2] == 1:
@@ -247,14 +410,10 @@ def _read_deep(path: Path, fmt: str | None, orientation: int):
     return _orient(arr, orientation)
 
 
-def _declared_empty_size(path: Path):
-    """(width, height) a PNG or PNM header declares when one of them is 0 (Pillow refuses to
-    identify such files, which would otherwise read as 'not an image')."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-    except OSError:
-        return None
+def _declared_empty_size(head: bytes):
+    """(width, height) a PNG or PNM header (the file's first bytes) declares when one of them
+    is 0 (Pillow refuses to identify such files, which would otherwise read as 'not an
+    image')."""
     size = None
     if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
         size = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
@@ -271,12 +430,34 @@ def header_size(path) -> tuple[int, int] | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        with open_input(path) as f, Image.open(f) as img:
             w, h = img.size
             orientation = img.getexif().get(0x0112, 1)
     except Exception:
         return None
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def find_images(folder) -> list[Path]:
+    """The image files below ``folder``, sorted: the one finder of upscale folders, eval and
+    train. Recursive; an extension of IMAGE_EXTENSIONS in any case; hidden files and folders
+    (a leading '.': .git, macOS '._x.png' AppleDouble files) skipped, and anything that is not
+    a regular file (FIFOs and devices block or never end when read)."""
+    root = Path(folder)
+    found = []
+    for parent, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            path = Path(parent) / name
+            try:
+                regular = stat.S_ISREG(path.stat().st_mode)
+            except OSError:  # a dangling link: not an image to process
+                continue
+            if regular:
+                found.append(path)
+    return sorted(found)
 
 
 def output_format(path) -> str | None:
@@ -328,8 +509,11 @@ def write_image(path, pixels: np.ndarray, meta: ImageMeta | None = None,
     deep = meta.bits > 8 and fmt in ("PNG", "TIFF") and pixels.dtype != np.uint8
     try:
         with atomic_output(path) as f:
-            if fmt is None:
-                np.save(f, np.asarray(pixels, dtype=np.float32), allow_pickle=False)
+            if fmt is None:  # .npy always holds [0, 1] floats, whatever the pixels' dtype
+                values = np.asarray(pixels)
+                values = values.astype(np.float32) / np.float32(255) if values.dtype == np.uint8 \
+                    else values.astype(np.float32)
+                np.save(f, values, allow_pickle=False)
             elif deep and fmt == "PNG":
                 f.write(_png16(_to_uint16(pixels), meta))
             elif deep:

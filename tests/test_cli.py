@@ -110,9 +110,10 @@ def test_progress_bar_on_stderr_for_long_work_and_quiet(tmp_path):
     proc = cli("upscale", src, tmp_path / "big.png", "--scale", "12")  # a few seconds of work
     assert proc.returncode == 0, proc.stderr
     assert "px/s" in proc.stderr and "%|" in proc.stderr and "Traceback" not in proc.stderr
-    assert "48x48 -> 576x576" in proc.stderr
+    assert proc.stdout == f"{tmp_path / 'big.png'}: 48x48 -> 576x576\n"
     quiet = cli("upscale", DEV / "in_chelsea_32x32.png", tmp_path / "q.png", "--scale", "2", "--quiet")
     assert quiet.returncode == 0 and quiet.stderr == ""
+    assert quiet.stdout == f"{tmp_path / 'q.png'}: 32x32 -> 64x64\n"  # --quiet hides only the bar
 
 
 def test_formats_quality_and_metadata(tmp_path, capsys):
@@ -446,7 +447,7 @@ def test_region_tile_and_precision_options(tmp_path, capsys):
                                           (["--max-memory", "lots"], "2GB"),
                                           (["--max-memory", "1MB"], "too small"),
                                           (["--precision", "fp8"], "invalid choice"),
-                                          (["--overwrite"], "for folders")])
+                                          (["--format", "png"], "for folders")])
 def test_bad_performance_and_region_options(tmp_path, capsys, args, message):
     _bad(tmp_path, capsys, ["--scale", "2", *args], message)
 

@@ -21,14 +21,14 @@ from __future__ import annotations
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
 from liif_jax import geometry
 from liif_jax.errors import ImageError
+from liif_jax.imageio import IMAGE_EXTENSIONS, find_images  # the finder of upscale and eval too
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+EXTENSIONS = tuple(IMAGE_EXTENSIONS)
 
 
 class ImplicitDownsampled:
@@ -37,7 +37,7 @@ class ImplicitDownsampled:
                  repeat: int = 1):
         self.files = find_images(folder)
         if not self.files:
-            raise ImageError(f"no training images (PNG/JPEG/WebP) found in {folder}")
+            raise ImageError(f"no training images ({', '.join(EXTENSIONS)}) found in {folder}")
         self.inp_size, self.scale_min, self.scale_max = inp_size, scale_min, scale_max
         self.sample_q, self.augment, self.cache, self.repeat = sample_q, augment, cache, repeat
         self._images: dict[int, np.ndarray] = {}
@@ -72,13 +72,16 @@ class ImplicitDownsampled:
         index %= len(self.files)
         if index in self._images:
             return self._images[index]
-        from PIL import Image
+        from liif_jax.imageio import read_image, to_uint8
 
+        # read_image, as upscale and eval read: EXIF orientation applied, 16-bit and float
+        # files scaled to 8 bits (not clipped), every decoder failure an ImageError.
         try:
-            with Image.open(self.files[index]) as img:
-                arr = np.asarray(img.convert("RGB"))
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            image, _ = read_image(self.files[index])
+        except ImageError as exc:
             raise ImageError(f"cannot read training image {self.files[index]}: {exc}") from None
+        pixels = np.repeat(image.pixels[..., None], 3, -1) if image.gray else image.pixels
+        arr = to_uint8(pixels)
         if min(arr.shape[:2]) < round(self.inp_size * self.scale_max):
             raise ImageError(f"training image {self.files[index].name} is smaller than the largest "
                              f"crop ({round(self.inp_size * self.scale_max)} pixels)")
@@ -153,13 +156,6 @@ class ImplicitDownsampled:
         for b in range(start, per_epoch):
             epoch_, items = self.step_items(epoch * per_epoch + b, batch_size, seed)
             yield self.host_batch(items, seed, epoch_)
-
-
-def find_images(folder) -> list[Path]:
-    """Image files below ``folder`` (recursive, sorted, hidden files skipped)."""
-    root = Path(folder)
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 class BatchLoader:

@@ -145,7 +145,7 @@ def validation_pairs(folder, scales, max_images: int):
 
     files = find_images(folder)[:max_images]
     if not files:
-        raise RequestError(f"--val-data has no images (PNG/JPEG/WebP): {folder}")
+        raise RequestError(f"--val-data has no images (PNG, JPEG, WebP, TIFF, BMP, ...): {folder}")
     pairs = []
     for path in files:
         image, _ = read_image(path)
