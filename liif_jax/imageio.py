@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,9 @@ def read_image(path) -> tuple[FloatImage, ImageMeta]:
             raise ImageError(f"{what} is damaged or truncated ({detail[:80]})") from None
 
 
+_READ_INPUT_LOCK = threading.Lock()
+
+
 def read_input(path) -> tuple[FloatImage, ImageMeta]:
     """``read_image`` for a command (one thread at a time: warning filters are global).
 
@@ -191,7 +195,8 @@ def read_input(path) -> tuple[FloatImage, ImageMeta]:
     larger than file", once per tag), tifffile in log records -- often many lines for one
     file. They are held back while the file is read: if it is refused, they are dropped (the
     one-line ImageError says what matters); if it is read, each distinct one is re-issued
-    once as a LiifWarning naming the file."""
+    once as a LiifWarning naming the file. Calls from several threads (a Beam worker) take
+    turns, so no two of them swap the process's warning filters at once."""
     import logging
 
     what = f"input '{Path(path).name}'"
@@ -202,16 +207,17 @@ def read_input(path) -> tuple[FloatImage, ImageMeta]:
             held.append(record)
 
     logger = logging.getLogger("tifffile")
-    handler, propagate = _Hold(logging.WARNING), logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = read_image(path)
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
+    with _READ_INPUT_LOCK:
+        handler, propagate = _Hold(logging.WARNING), logger.propagate
+        logger.addHandler(handler)
+        logger.propagate = False
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = read_image(path)
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
     seen = set()
     for message in [w.message for w in caught] + [r.getMessage() for r in held]:
         own = isinstance(message, LiifWarning)
