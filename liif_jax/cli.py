@@ -141,7 +141,8 @@ downsamples them with bicubic and learns to predict the original pixels. Real ph
 kind you will upscale work best.
 
 WORKDIR holds the run: config.json, log.jsonl (loss, learning rate, steps/s, validation
-PSNR), checkpoints/ (the newest few) and, if tensorboardX is installed, tensorboard/.
+PSNR), checkpoints/ (Orbax checkpoints, the newest few; any a resume cannot use is moved
+to skipped-checkpoints/ with why) and, if tensorboardX is installed, tensorboard/.
 Running the same command again resumes from the newest checkpoint, exactly as if it had
 never stopped; Ctrl+C or SIGTERM saves a checkpoint before stopping. --steps N trains up to
 global step N (default: the config's total, 1M for 'paper').
@@ -163,8 +164,9 @@ examples:
 """
 
 EXPORT_HELP = """\
-Write the inference weight file of a training run: SRC is a workdir (its newest
-checkpoint) or one checkpoint file; OUT a .safetensors file in the same format as
+Write the inference weight file of a training run: SRC is a workdir (its newest usable
+checkpoint), one checkpoint (a checkpoints/step_N folder) or a liif-jax 0.1.x checkpoint
+file (step_N.safetensors); OUT a .safetensors file in the same format as
 'liif-jax convert' writes, usable with 'upscale --weights', 'eval' and the GIMP plug-in.
 
 example:
