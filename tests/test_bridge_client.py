@@ -208,3 +208,14 @@ def test_plugin_files_parse_as_python_27():
     proc = subprocess.run([vermin, "--no-tips", "--violations", "-t=2.7-", "-t=3.0-", *files],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dialog_texts_say_the_result_size_the_aspect_rule_and_the_weights(tmp_path):
+    # What the GIMP 3 dialogs show before running (issue 13, item 4).
+    assert client_mod.result_text(40, 30, 2.5, 0, 0) == "Result: 100 x 75 pixels (from 40 x 30)"
+    assert client_mod.result_text(40, 30, 0, 0, 45) == "Result: 60 x 45 pixels (from 40 x 30)"  # aspect kept
+    assert client_mod.result_text(40, 30, 0, 0, 0).startswith("Result: none yet (give a scale")
+    assert "0 keeps the aspect ratio" in client_mod.ASPECT_HINT
+    assert "bundled EDSR-baseline" in client_mod.weights_text(str(tmp_path))  # no config: bundled
+    (tmp_path / "liif_jax_gimp.json").write_text(json.dumps({"python": "p", "weights": "/w/rdn-liif.pth"}))
+    assert client_mod.weights_text(str(tmp_path)) == "Weights: /w/rdn-liif.pth"

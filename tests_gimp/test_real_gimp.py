@@ -301,6 +301,93 @@ def test_failure_after_scale_leaves_the_image_exactly_as_it_was(tmp_path, work):
         assert after[key] == before[key], key
 
 
+def test_layer_command_in_place_and_selection_as_new_image(tmp_path, work):
+    """Layer > Upscale Layer (LIIF): one layer scaled around its centre as Layer > Scale Layer
+    does (canvas and other layers untouched) with liif-jax's pixels; the selection's bounds
+    into a new image (input untouched); no selection and a layer group refused, untouched."""
+    out = work / "layer"
+    out.mkdir(exist_ok=True)
+    out.chmod(0o777)
+    proc = run_driver("gimp_layer_driver.py", plugin_dir(tmp_path, VENV_PYTHON),
+                      LIIF_TEST_OUT=f"{WORK_IN}/layer", LIIF_TEST_RGB=f"{WORK_IN}/in_rgb.png")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    model = liif_jax.load_model()
+
+    def raw(name, shape):
+        return np.frombuffer((out / name).read_bytes(), np.uint8).reshape(shape)
+
+    r = report["layer"]
+    assert r["status"] == "success" and r["result_is_input"] and r["image"] == [32, 32]
+    assert r["sticker"] == {"size": [20, 16], "offsets": [0, -1]}  # (5, 3) - half the growth
+    assert r["bg_unchanged"]
+    expected = liif_jax.upscale(raw("sticker_before.raw", (8, 10, 4)), size=(20, 16), model=model,
+                                precision="float32", dtype=np.uint8)
+    assert np.abs(raw("sticker_after.raw", (16, 20, 4)).astype(int) - expected).max() <= 1
+    assert report["width_only"] == {"status": "success", "sticker": {"size": [15, 12], "offsets": [2, 1]}}
+
+    r = report["selection"]
+    assert r["status"] == "success" and r["unchanged"] and not r["result_is_input"]
+    assert r["result"] == [26, 18, 1]
+    crop = raw("bg_before.raw", (32, 32, 3))[6:15, 4:17]
+    expected = liif_jax.upscale(crop, size=(26, 18), model=model, precision="float32", dtype=np.uint8)
+    assert np.abs(raw("selection_after.raw", (18, 26, 3)).astype(int) - expected).max() <= 1
+
+    assert report["no_selection"]["status"] == "execution-error" and report["no_selection"]["unchanged"]
+    assert "nothing of this layer is selected" in report["no_selection"]["message"]
+    assert report["group"]["status"] == "execution-error" and report["group"]["unchanged"]
+    assert "a layer group has no pixels of its own" in report["group"]["message"]
+
+    # A failure after layer.scale(), inside the undo group: the layer comes back as it was.
+    proc = run_driver("gimp_layer_driver.py", plugin_dir(tmp_path / "fail", VENV_PYTHON),
+                      LIIF_TEST_OUT=f"{WORK_IN}/layer", LIIF_TEST_RGB=f"{WORK_IN}/in_rgb.png",
+                      LIIF_JAX_TEST_FAIL_AFTER_SCALE="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((out / "report.json").read_text())["failure"]
+    assert r["status"] == "execution-error" and "injected failure" in r["message"]
+    assert r["after"] == r["before"] and r["before"]["selected"] == ["sticker"]
+
+
+def test_dialogs_in_gui_gimp(tmp_path, work):
+    """Both dialogs in GUI GIMP under Xvfb, answered with the keyboard (gui_dialog.sh): the
+    size line follows the Scale typed (what the plug-in shows is logged to LIIF_JAX_EVENTS),
+    OK runs the command with it. Screenshots are left in liif-work/liif-test/gui-dialog/."""
+    name = "gui-dialog"
+    files = work / name
+    files.mkdir(exist_ok=True)
+    files.chmod(0o777)
+    for f in ("gui_dialog.sh", "gui_session.sh", "gimp_dialog_driver.py"):
+        shutil.copy(Path(__file__).parent / f, files / f)
+    homes = ROOT / "tmp" / "gimp-homes"
+    homes.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="gui-dialog.", dir=homes))
+    shutil.copytree(ROOT / "opt" / "gimp-home-template", home, symlinks=True, dirs_exist_ok=True)
+    target = home / ".config" / "GIMP" / GIMP_PROFILE / "plug-ins" / "liif_upscale"
+    shutil.copytree(plugin_dir(tmp_path, VENV_PYTHON), target)
+    (target / "liif_upscale.py").chmod(0o755)
+    events, report = files / "events.jsonl", files / "report.json"
+    for f in (events, report):
+        f.unlink(missing_ok=True)
+    env = ["PATH=/usr/local/bin:/usr/bin:/bin", f"LIIF_TEST_RGB={WORK_IN}/in_rgb.png",
+           f"LIIF_JAX_EVENTS={WORK_IN}/{name}/events.jsonl", f"LIIF_TEST_REPORT={WORK_IN}/{name}/report.json"]
+    try:
+        proc = subprocess.run(["timeout", "-k", "10", "300", "chroot", str(ROOT), "/usr/bin/env", "-i", *env,
+                               f"{WORK_IN}/{name}/gui_dialog.sh", f"{WORK_IN}/{name}",
+                               "/" + str(home.relative_to(ROOT)), f"{WORK_IN}/{name}/gimp_dialog_driver.py"],
+                              capture_output=True, text=True, timeout=330)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + (files / "gimp.log").read_text()[-3000:]
+    result = json.loads(report.read_text())
+    shown = [json.loads(line)["result"] for line in events.read_text().splitlines() if '"dialog"' in line]
+    # The image dialog: 32x32 by the typed 3 -> 96x96, then run in place.
+    assert "Result: 96 x 96 pixels (from 32 x 32)" in shown, shown
+    assert result["image"] == {"status": "success", "image": [96, 96], "result": [96, 96]}
+    # The layer dialog with "Only the selection": its 13x9 bounds by 3, into a new image.
+    assert shown[-1] == "Result: 39 x 27 pixels (from 13 x 9)", shown
+    assert result["layer"] == {"status": "success", "image": [96, 96], "result": [39, 27]}
+
+
 def check_cancel_report(report, mode, server):
     w = report["watcher"]
     assert w["progress_seen"] and w["plugin_cmdline_ok"] and w["plugin_is_sibling"], report

@@ -314,8 +314,10 @@ def _dialog(procedure, config, title, source_size, extra):
 
     def update(*_):
         w, h = source_size(config)
-        result.set_text(bridge.result_text(w, h, config.get_property("scale"), config.get_property("width"),
-                                           config.get_property("height")))
+        text = bridge.result_text(w, h, config.get_property("scale"), config.get_property("width"),
+                                  config.get_property("height"))
+        result.set_text(text)
+        bridge._log_event({"event": "dialog", "result": text})  # with $LIIF_JAX_EVENTS: what it shows
 
     handler = config.connect("notify", update)
     update()
