@@ -373,16 +373,21 @@ def _read_exact(rfile, n):
 
 
 class BridgeClient(object):
-    def __init__(self, python, weights=None, start_server=True, log=None):
+    def __init__(self, python, weights=None, start_server=True, log=None, socket=None):
         self.python = python
         self.weights = weights
         self.start_server = start_server
         self.log = log or (lambda text: None)
         self.last_channel = None
+        # A worker someone else starts (socket activation, for a sandboxed GIMP that cannot
+        # start the host's Python): only that socket is used, nothing is ever started.
+        self.socket = socket
 
     @classmethod
     def from_config(cls, folder, log=None):
         config = read_config(folder)
+        if config.get("socket"):  # "$XDG_RUNTIME_DIR/...": as seen from where GIMP runs
+            return cls(None, log=log, socket=config["socket"])
         python = os.environ.get("LIIF_JAX_PYTHON") or config.get("python")
         if not python:
             raise BridgeError("liif-jax is not set up for this plug-in; " + INSTALL_HINT)
@@ -393,7 +398,17 @@ class BridgeClient(object):
     # -------------------------------------------------------------- connecting
     def _connect(self, status):
         """A channel: the warm server if it runs (or can be started), else a subprocess.
-        Custom weights, or ``start_server`` off, always get a one-off subprocess."""
+        Custom weights, or ``start_server`` off, always get a one-off subprocess. With a
+        ``socket`` only that socket, or an error naming the command that starts its worker."""
+        if self.socket:
+            path = os.path.expandvars(self.socket)
+            try:
+                return _SocketChannel(path)
+            except _connect_errors() as exc:
+                raise BridgeError("no liif-jax worker answers at %s (%s); on the computer (outside "
+                                  "GIMP's sandbox) run: liif-jax serve --socket %s -- or set up its "
+                                  "start on demand with 'liif-jax gimp install --flatpak'"
+                                  % (path, exc, self.socket))
         if self.start_server and not self.weights:
             errors = _connect_errors()
             if transport_name() == "connection":

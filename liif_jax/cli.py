@@ -114,9 +114,11 @@ uninstall  remove it again
 doctor     print GIMP versions, plug-in folders, interpreter, weights, JAX devices, run one
            tiny upscale as the installed filter would, and give a verdict
 
-The filter appears as Image > Upscale (LIIF)... Flatpak and Snap builds of GIMP cannot run a
-Python outside their sandbox: use GIMP from your distribution, the official installer, or
-an AppImage.
+The filter appears as Image > Upscale (LIIF)... (and Layer > Upscale Layer (LIIF)... in GIMP 3).
+The Flatpak GIMP cannot run a Python outside its sandbox: with --flatpak (chosen by itself
+when it is the only GIMP found) the plug-in reaches a worker on this computer through a socket
+in $XDG_RUNTIME_DIR/app/org.gimp.GIMP/, started on demand by systemd user units. The Snap GIMP
+is not supported: use GIMP from your distribution, the official installer, or an AppImage.
 """
 
 
@@ -351,6 +353,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     gimp.add_argument("--weights", metavar="FILE",
                       help="install: the weight file the filter uses (.safetensors or .pth, e.g. the "
                            "authors' rdn-liif.pth; default: the bundled ones)")
+    gimp.add_argument("--flatpak", action="store_true",
+                      help="install: for the Flatpak GIMP, through a worker systemd starts on demand "
+                           "(chosen by itself when only a Flatpak GIMP is found)")
     gimp.set_defaults(run=run_gimp)
     ev = sub.add_parser("eval", help="PSNR/SSIM with the paper's protocol, against bicubic",
                         description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -523,8 +528,10 @@ def run_gimp(args) -> int:
 
     if args.weights is not None and args.action != "install":
         raise RequestError(f"--weights goes with 'gimp install', not 'gimp {args.action}'")
+    if args.flatpak and args.action != "install":
+        raise RequestError(f"--flatpak goes with 'gimp install', not 'gimp {args.action}'")
     if args.action == "install":
-        return gimp_setup.run_install(weights=args.weights)
+        return gimp_setup.run_install(weights=args.weights, flatpak=args.flatpak)
     action = {"uninstall": gimp_setup.run_uninstall, "doctor": gimp_setup.run_doctor}[args.action]
     return action()
 

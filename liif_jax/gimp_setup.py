@@ -123,9 +123,10 @@ def _copy(src: Path, dst: Path, executable: bool) -> None:
     os.chmod(dst, mode)
 
 
-def install_into(d: PluginDir, python: str, weights: str | None = None) -> list[Path]:
+def install_into(d: PluginDir, python: str, weights: str | None = None, socket: str | None = None) -> list[Path]:
     """Copy the plug-in for ``d.gimp`` into ``d`` and write its config; returns the files.
-    ``weights``: an absolute weight-file path the filter uses instead of the bundled one."""
+    ``weights``: an absolute weight-file path the filter uses instead of the bundled one.
+    ``socket``: the only worker the plug-in may use (as GIMP sees its path); it never starts one."""
     folder = d.folder
     variant = f"{PLUGIN}/{PLUGIN}.py" if d.major >= 3 else f"gimp2/{PLUGIN}.py"
     files = [(variant, folder / f"{PLUGIN}.py", True), (CLIENT, folder / CLIENT, False)]
@@ -134,8 +135,10 @@ def install_into(d: PluginDir, python: str, weights: str | None = None) -> list[
         _copy(_source(src), dst, executable)
     from liif_jax import __version__
 
-    config.write_text(json.dumps({"python": python, "weights": weights, "start_server": True,
-                                  "liif_jax_version": __version__}, indent=2) + "\n")
+    settings = {"python": python, "weights": weights, "start_server": True, "liif_jax_version": __version__}
+    if socket:
+        settings.update(socket=socket, start_server=False)
+    config.write_text(json.dumps(settings, indent=2) + "\n")
     return [dst for _, dst, _ in files] + [config]
 
 
@@ -168,22 +171,29 @@ def checked_weights(weights) -> str:
     return str(path)
 
 
-def run_install(out=print, weights=None) -> int:
+def run_install(out=print, weights=None, flatpak=False) -> int:
     weights = checked_weights(weights) if weights is not None else None
     dirs = present_dirs()
+    flatpaks = [d for d in dirs if d.sandbox == "flatpak" and d.major >= 3]
+    if flatpak and not flatpaks:
+        raise LiifError("--flatpak: no Flatpak GIMP 3 profile found; start the Flatpak GIMP once "
+                        f"(it makes {profile_roots('linux')[1][0]}/3.x), then run this again")
     if not dirs:
         raise LiifError("no GIMP 3.x or 2.10 profile found; start GIMP once, then run this again "
                         "(looked in: " + ", ".join(str(root) for root, _ in profile_roots()) + ")")
     native = [d for d in dirs if not d.sandbox]
-    if not native:
+    if not native and not flatpaks:
         raise LiifError(_sandbox_only(dirs))
     python = interpreter()
+    if flatpak or not native:  # only a Flatpak GIMP here: it gets the socket-activated worker
+        return _install_flatpak(flatpaks, python, weights, out)
     for d in native:
         files = install_into(d, python, weights)
         out(f"installed for GIMP {d.gimp}: {files[0].parent}")
     for d in dirs:
         if d.sandbox:
-            out(f"skipped {d.label} at {d.path}: {SANDBOX_REASON}")
+            how = " (for it: 'liif-jax gimp install --flatpak')" if d in flatpaks else ""
+            out(f"skipped {d.label} at {d.path}: {SANDBOX_REASON}{how}")
     out(f"the plug-in will run liif-jax with {python}; restart GIMP, then use Image > Upscale (LIIF)...")
     if weights:
         out(f"with the weights {weights} (each upscale loads them in a fresh worker; "
@@ -200,7 +210,98 @@ def _sandbox_only(dirs) -> str:
             "your distribution's packages (or gimp.org's macOS/Windows builds) and start it once")
 
 
+# -- Flatpak GIMP: a host worker started on demand by systemd (socket activation). The
+# sandbox shares $XDG_RUNTIME_DIR/app/org.gimp.GIMP with the host; a socket there is
+# reachable from both sides. The plug-in's config names it with $XDG_RUNTIME_DIR unexpanded:
+# the client expands it where GIMP runs (in the sandbox), a shell on the host alike.
+FLATPAK_APP = "org.gimp.GIMP"
+FLATPAK_SOCKET = f"$XDG_RUNTIME_DIR/app/{FLATPAK_APP}/liif-jax.sock"
+UNIT = "liif-jax-gimp"
+
+
+def systemd_user_dir(env=None, home: Path | None = None) -> Path:
+    env = os.environ if env is None else env
+    home = Path(home or Path.home())
+    return Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "systemd" / "user"
+
+
+def host_socket(env=None) -> str:
+    """FLATPAK_SOCKET as the host sees it (systemd's %t is $XDG_RUNTIME_DIR)."""
+    env = os.environ if env is None else env
+    runtime = env.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+    return FLATPAK_SOCKET.replace("$XDG_RUNTIME_DIR", runtime)
+
+
+def unit_files(python: str, weights: str | None) -> dict[str, str]:
+    """The systemd user units: a socket (0600 in a 0700 folder, like serve's own) and the
+    service it starts on the first connection; serve exits when idle, systemd keeps listening."""
+    serve = f"{python} -m liif_jax serve --socket %t/app/{FLATPAK_APP}/liif-jax.sock"
+    if weights:
+        serve += f" --weights {weights}"
+    return {
+        f"{UNIT}.socket": (
+            "[Unit]\nDescription=liif-jax worker for the Flatpak GIMP (socket; liif-jax gimp install --flatpak)\n\n"
+            f"[Socket]\nListenStream=%t/app/{FLATPAK_APP}/liif-jax.sock\nSocketMode=0600\nDirectoryMode=0700\n\n"
+            "[Install]\nWantedBy=sockets.target\n"),
+        f"{UNIT}.service": (
+            f"[Unit]\nDescription=liif-jax worker for the Flatpak GIMP\nRequires={UNIT}.socket\n\n"
+            f"[Service]\nExecStart={serve}\n"),
+    }
+
+
+def _systemctl(*args) -> tuple[bool, str]:
+    """``systemctl --user ARGS``: (succeeded, what it said)."""
+    import subprocess
+
+    exe = shutil.which("systemctl")
+    if not exe:
+        return False, "systemctl not found"
+    try:
+        proc = subprocess.run([exe, "--user", *args], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, str(exc)
+    said = (proc.stdout + proc.stderr).strip().splitlines()
+    return proc.returncode == 0, said[-1] if said else f"exit status {proc.returncode}"
+
+
+def by_hand() -> str:
+    return f"liif-jax serve --socket {host_socket()}"
+
+
+def _install_flatpak(dirs, python, weights, out) -> int:
+    for d in dirs:
+        files = install_into(d, python, weights, socket=FLATPAK_SOCKET)
+        out(f"installed for {d.label}: {files[0].parent} (reaches the worker at {FLATPAK_SOCKET})")
+    units = systemd_user_dir()
+    units.mkdir(parents=True, exist_ok=True)
+    for name, text in unit_files(python, weights).items():
+        (units / name).write_text(text)
+    out(f"systemd user units: {units / (UNIT + '.socket')}, {units / (UNIT + '.service')}")
+    ok, said = _systemctl("daemon-reload")
+    if ok:
+        ok, said = _systemctl("enable", "--now", f"{UNIT}.socket")
+    if ok:
+        out(f"the worker starts on the first upscale (systemd listens at {host_socket()}); "
+            "restart GIMP, then use Image > Upscale (LIIF)...")
+    else:
+        out(f"no systemd user session ({said}): before using the filter, start the worker by hand: {by_hand()}")
+    return 0
+
+
+def _uninstall_units(out) -> None:
+    units = systemd_user_dir()
+    present = [units / name for name in (f"{UNIT}.socket", f"{UNIT}.service") if (units / name).exists()]
+    if not present:
+        return
+    _systemctl("disable", "--now", f"{UNIT}.socket")  # (no systemd session: nothing to stop)
+    for path in present:
+        path.unlink()
+        out(f"removed {path}")
+    _systemctl("daemon-reload")
+
+
 def run_uninstall(out=print) -> int:
+    _uninstall_units(out)
     removed = [p for d in candidate_dirs() for p in uninstall_from(d)]
     for p in removed:
         out(f"removed {p}")
@@ -250,7 +351,8 @@ def _probe_upscale(folder: Path) -> str:
     w, h, data, _, _ = client.upscale(4, 3, "RGB", "u8", pixels, size=(8, 6))
     if (w, h, len(data)) != (8, 6, 8 * 6 * 3):
         raise LiifError(f"the worker answered {w}x{h} with {len(data)} bytes for an 8x6 RGB request")
-    return f"4x3 -> 8x6 through {client.python} in {time.monotonic() - started:.1f} s"
+    via = f"the worker at {os.path.expandvars(client.socket)}" if client.socket else client.python
+    return f"4x3 -> 8x6 through {via} in {time.monotonic() - started:.1f} s"
 
 
 def _check_installed(d: PluginDir, out, problems, probed: dict) -> None:
@@ -269,6 +371,13 @@ def _check_installed(d: PluginDir, out, problems, probed: dict) -> None:
         problems.append(f"{folder / CLIENT} is missing: run 'liif-jax gimp install'")
         return
     python = os.environ.get("LIIF_JAX_PYTHON") or config.get("python") or ""
+    if config.get("socket"):  # the Flatpak set-up: the worker is started on the host
+        ok, said = _systemctl("is-active", f"{UNIT}.socket")
+        if ok:
+            out(f"worker:       {d.label}: started on demand by systemd ({UNIT}.socket, {host_socket()})")
+        else:
+            problems.append(f"{d.label}: no systemd user socket {UNIT}.socket listening ({said}), so nothing "
+                            f"starts its worker; start it by hand before using the filter: {by_hand()}")
     if not Path(python).exists():
         problems.append(f"{d.label} plug-in points at a missing interpreter {python or '(none)'}: "
                         "run 'liif-jax gimp install' again")
@@ -284,7 +393,7 @@ def _check_installed(d: PluginDir, out, problems, probed: dict) -> None:
             problems.append(f"{d.label} plug-in's weights {weights} do not load ({exc}): run "
                             "'liif-jax gimp install --weights FILE' again")
             return
-    key = (python, weights)
+    key = (python, weights, config.get("socket"))
     if key not in probed:
         try:
             probed[key] = (True, _probe_upscale(folder))
@@ -296,6 +405,13 @@ def _check_installed(d: PluginDir, out, problems, probed: dict) -> None:
     else:
         what = f"the weights {weights}" if weights else "the bundled weights"
         problems.append(f"{d.label}: a test upscale with {python} and {what} failed ({text})")
+
+
+def _socket_config(d: PluginDir) -> bool:
+    try:
+        return bool(json.loads((d.folder / CONFIG).read_text()).get("socket"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def run_doctor(out=print) -> int:
@@ -314,15 +430,19 @@ def run_doctor(out=print) -> int:
     for d in dirs:
         out(f"plug-ins:     {d.label} {d.path} [{'installed' if d.installed else 'profile found'}]")
     native = [d for d in dirs if not d.sandbox]
+    flatpaks = [d for d in dirs if d.sandbox == "flatpak" and d.major >= 3]
     if not dirs:
         problems.append("no GIMP 3.x or 2.10 profile found: install GIMP, start it once, then run "
                         "'liif-jax gimp install'")
-    elif not native:
+    elif not native and not flatpaks:
         problems.append(_sandbox_only(dirs))
     for d in dirs:
-        if d.sandbox and d.installed:
+        if d.sandbox and d.installed and not _socket_config(d):
             problems.append(f"{d.label} has the plug-in at {d.folder}, but {SANDBOX_REASON}: "
-                            "run 'liif-jax gimp uninstall', then 'liif-jax gimp install'")
+                            "run 'liif-jax gimp uninstall', then 'liif-jax gimp install --flatpak'")
+        elif d in flatpaks and not native and not d.installed:
+            problems.append(f"plug-in not installed for {d.label} ({d.path}): run 'liif-jax gimp install' "
+                            "(the Flatpak GIMP reaches a worker that systemd starts on demand)")
         elif not d.sandbox and not d.installed:
             problems.append(f"plug-in not installed for GIMP {d.gimp} ({d.path}): run 'liif-jax gimp install'")
     try:
@@ -342,7 +462,7 @@ def run_doctor(out=print) -> int:
         problems.append(f"JAX does not start: {exc}")
     probed: dict = {}
     for d in dirs:
-        if d.installed and not d.sandbox:
+        if d.installed and (not d.sandbox or _socket_config(d)):
             _check_installed(d, out, problems, probed)
     verdict = "OK: the GIMP filter works (a test upscale went through it)" if not problems else \
         "PROBLEM: " + "; ".join(problems)

@@ -130,10 +130,14 @@ def test_doctor_verdicts(fake_home, capsys):
     assert main(["gimp", "doctor"]) == 1
     out = capsys.readouterr().out
     assert "verdict:      PROBLEM: no GIMP 3.x or 2.10 profile found" in out
-    # Only a Flatpak profile: the plug-in could not work there (issue 11, item 9).
+    # Only a Snap profile: the plug-in cannot work there (issue 11, item 9).
+    (fake_home / "snap/gimp/current/.config/GIMP/3.0").mkdir(parents=True)
+    assert main(["gimp", "doctor"]) == 1
+    assert "PROBLEM: only a sandboxed GIMP profile found (GIMP 3.0 (snap)" in capsys.readouterr().out
+    # A Flatpak profile without its set-up: not OK either.
     (fake_home / ".var/app/org.gimp.GIMP/config/GIMP/3.0").mkdir(parents=True)
     assert main(["gimp", "doctor"]) == 1
-    assert "PROBLEM: only a sandboxed GIMP profile found (GIMP 3.0 (flatpak)" in capsys.readouterr().out
+    assert "plug-in not installed for GIMP 3.0 (flatpak)" in capsys.readouterr().out
     (fake_home / ".config/GIMP/3.0").mkdir(parents=True)
     assert main(["gimp", "doctor"]) == 1
     assert "plug-in not installed for GIMP 3.0" in capsys.readouterr().out
@@ -170,3 +174,97 @@ def test_doctor_verdicts(fake_home, capsys):
     # The plug-in file without its executable bit: GIMP would skip it silently.
     (config.parent / "liif_upscale.py").chmod(0o644)
     assert "liif_upscale.py is not executable (GIMP skips it)" in (main(["gimp", "doctor"]), capsys.readouterr().out)[1]
+
+
+@pytest.fixture
+def systemctl(monkeypatch):
+    """systemctl --user, faked: records its calls; ``answer`` says whether a user session runs."""
+    calls, answer = [], {"ok": False}
+
+    def fake(*args):
+        calls.append(args)
+        return (True, "active") if answer["ok"] else (False, "Failed to connect to bus: No medium found")
+    monkeypatch.setattr(gimp_setup, "_systemctl", fake)
+    return calls, answer
+
+
+def test_only_a_flatpak_profile_gets_the_socket_activated_worker(fake_home, monkeypatch, systemctl, capsys):
+    calls, answer = systemctl
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(fake_home / "run"))
+    (fake_home / ".var/app/org.gimp.GIMP/config/GIMP/3.0").mkdir(parents=True)
+    assert main(["gimp", "install"]) == 0  # no --flatpak: chosen by itself
+    out = capsys.readouterr().out
+    folder = fake_home / ".var/app/org.gimp.GIMP/config/GIMP/3.0/plug-ins/liif_upscale"
+    config = json.loads((folder / "liif_jax_gimp.json").read_text())
+    assert config["socket"] == "$XDG_RUNTIME_DIR/app/org.gimp.GIMP/liif-jax.sock" and config["start_server"] is False
+    units = fake_home / ".config/systemd/user"
+    sock, service = (units / "liif-jax-gimp.socket").read_text(), (units / "liif-jax-gimp.service").read_text()
+    assert "ListenStream=%t/app/org.gimp.GIMP/liif-jax.sock" in sock and "SocketMode=0600" in sock
+    assert "DirectoryMode=0700" in sock
+    assert f"ExecStart={sys.executable} -m liif_jax serve --socket %t/app/org.gimp.GIMP/liif-jax.sock" in service
+    # No systemd user session: said, with the one command that starts the worker by hand.
+    by_hand = f"liif-jax serve --socket {fake_home}/run/app/org.gimp.GIMP/liif-jax.sock"
+    assert f"no systemd user session (Failed to connect to bus: No medium found): before using the filter, " \
+           f"start the worker by hand: {by_hand}" in out
+    assert calls == [("daemon-reload",)]
+    assert main(["gimp", "doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "no systemd user socket liif-jax-gimp.socket listening" in out and by_hand in out
+    assert "a test upscale" in out and "no liif-jax worker answers at" in out  # nothing runs there
+    # With a user session: enabled and started at once.
+    answer["ok"] = True
+    calls.clear()
+    assert main(["gimp", "install", "--flatpak"]) == 0
+    assert "the worker starts on the first upscale" in capsys.readouterr().out
+    assert calls == [("daemon-reload",), ("enable", "--now", "liif-jax-gimp.socket")]
+    calls.clear()
+    assert main(["gimp", "uninstall"]) == 0
+    assert not (units / "liif-jax-gimp.socket").exists() and not (units / "liif-jax-gimp.service").exists()
+    assert not folder.exists()
+    assert ("disable", "--now", "liif-jax-gimp.socket") in calls
+
+
+def test_flatpak_needs_its_profile_and_native_profiles_say_how(fake_home, systemctl, capsys):
+    (fake_home / ".config/GIMP/3.0").mkdir(parents=True)
+    assert main(["gimp", "install", "--flatpak"]) == 1
+    assert "--flatpak: no Flatpak GIMP 3 profile found" in capsys.readouterr().err
+    (fake_home / ".var/app/org.gimp.GIMP/config/GIMP/3.2").mkdir(parents=True)
+    assert main(["gimp", "install"]) == 0  # native first; the Flatpak one is told how
+    assert "skipped GIMP 3.2 (flatpak)" in capsys.readouterr().out
+    assert main(["gimp", "doctor", "--flatpak"]) != 0
+    assert "--flatpak goes with 'gimp install'" in capsys.readouterr().err
+
+
+def test_doctor_upscales_through_the_flatpak_socket(fake_home, monkeypatch, systemctl, capsys, tmp_path):
+    # A worker answering at the socket (started here as systemd would on the first
+    # connection): doctor's test upscale goes through it, the verdict is OK.
+    import subprocess
+    import time
+
+    calls, answer = systemctl
+    answer["ok"] = True
+    runtime = tmp_path / "run"
+    folder = runtime / "app/org.gimp.GIMP"
+    folder.mkdir(parents=True)
+    runtime.chmod(0o700)
+    folder.chmod(0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    (fake_home / ".var/app/org.gimp.GIMP/config/GIMP/3.0").mkdir(parents=True)
+    assert main(["gimp", "install"]) == 0
+    capsys.readouterr()
+    sock = folder / "liif-jax.sock"
+    server = subprocess.Popen([sys.executable, "-m", "liif_jax", "serve", "--socket", str(sock),
+                               "--idle-timeout", "120"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not sock.exists():
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        assert main(["gimp", "doctor"]) == 0
+        out = capsys.readouterr().out
+        assert f"upscale:      GIMP 3.0 (flatpak): 4x3 -> 8x6 through the worker at {sock}" in out
+        assert "worker:       GIMP 3.0 (flatpak): started on demand by systemd" in out
+        assert "verdict:      OK" in out
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
