@@ -152,13 +152,28 @@ def test_bad_requests_skip_their_payload_and_the_next_request_works(bridge):
     assert bridge.final()["event"] == "result"
 
 
-def test_absurd_sizes_are_refused_without_reading(bridge):
+def test_absurd_sizes_are_refused_without_holding_the_payload(bridge):
+    """Refused at once; the announced payload is then skipped (streamed and dropped, never
+    held), so its bytes are not read as headers."""
     bridge.send({"op": "upscale", "width": 100_000, "height": 100_000, "format": "f32",
                  "channels": "RGBA", "bytes": 100_000 * 100_000 * 16, "scale": 2})
     error = bridge.event()
     assert error["code"] == "too_large"
-    bridge.send({"op": "ping"})
-    assert bridge.event()["event"] == "pong"
+    bridge.send({}, raw=b'{"liif":1,"op":"ping"}\n' * 100_000)  # payload bytes, not requests
+    bridge.proc.stdin.close()
+    error = bridge.event()
+    assert error["code"] == "short_payload"  # the stream ended inside that payload
+    assert bridge.proc.wait(timeout=60) == 1
+    # Whose payload does arrive: the stream stays in step.
+    b = Bridge()
+    try:
+        b.send({"op": "upscale", "width": 100_000, "height": 100_000, "format": "u8",
+                "channels": "RGB", "bytes": 1000, "scale": 2}, b"\n" * 1000)
+        assert b.event()["code"] == "too_large"
+        b.send({"op": "ping"})
+        assert b.event()["event"] == "pong"
+    finally:
+        b.close()
 
 
 def test_short_payload_at_end_of_stream(bridge):

@@ -1,6 +1,7 @@
 """The GIMP plug-ins' bridge client (stdlib, Python 2.7/3 subset) against the real worker:
 subprocess fallback, the warm server it starts, concurrency, cancel, errors, 2.7 syntax."""
 
+import io
 import json
 import os
 import stat
@@ -64,6 +65,48 @@ def test_socket_path_rules_match_the_server(monkeypatch):
     assert client_mod.socket_path() == str(transport.socket_path()) == "/users/me/AppData/Local/liif-jax/worker.sock"
     assert client_mod.transport_name() == transport.transport_name() == "connection"
     assert transport.connection_family() == "AF_PIPE"
+
+
+def test_client_copies_of_the_servers_rules_are_the_servers(monkeypatch):
+    """The stdlib client cannot import liif_jax, so it keeps copies of the server's rules;
+    each copy is checked against the original here, so the two cannot drift apart."""
+    from liif_jax import gimp_setup
+    from liif_jax.bridge import protocol, transport
+
+    assert client_mod.PROTOCOL == protocol.PROTOCOL
+    assert client_mod.ENDPOINT_NAME == transport.ENDPOINT_NAME
+    assert client_mod.CHUNK == transport.CHUNK <= transport.MAX_MESSAGE  # a bigger message ends the stream
+    assert client_mod.CONFIG_NAME == gimp_setup.CONFIG
+    for name in transport.TRANSPORTS:
+        monkeypatch.setenv("LIIF_JAX_TRANSPORT", name)
+        assert client_mod.transport_name() == transport.transport_name() == name
+    assert {client_mod.channels_for(n, a) for n in (1, 3) for a in (False, True)} == set(protocol.CHANNELS)
+    assert "cancelled" in protocol.ERROR_CODES  # the one code the client acts on
+    # What the client sends is what the server's parser accepts, option by option.
+    sent = io.BytesIO()
+
+    class Channel:
+        kind = "fake"
+        wfile = sent
+        rfile = io.BytesIO(b'{"liif":1,"event":"result","id":1,"width":2,"height":2,"channels":"RGB",'
+                           b'"format":"u8","bytes":12}\n' + bytes(12))
+
+        def close(self):
+            pass
+
+    client = client_mod.BridgeClient(sys.executable)
+    for options in ({"scale": 2.0}, {"scale": [2.0, 1.5]}, {"size": (7, 5)}, {"scale": 2, "region": (0, 0, 1, 1.5)}):
+        monkeypatch.setattr(client, "_connect", lambda status: Channel())
+        sent.seek(0)
+        sent.truncate()
+        client.upscale(3, 2, "RGB", "u8", bytes(18), **options)
+        stream = io.BytesIO(sent.getvalue())
+        request = protocol.parse_request(protocol.read_message(stream))
+        assert request["op"] == "upscale" and stream.read() == bytes(18)
+        assert {k: request[k] for k in ("scale", "size", "region") if k in request} == \
+            {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+    # The server-side constants the client must not exceed.
+    assert len(client_mod._header({"op": "upscale", "id": 1, "region": [0.1] * 4})) < protocol.MAX_HEADER_BYTES
 
 
 def test_subprocess_fallback_round_trip_with_weights(tiny_model):

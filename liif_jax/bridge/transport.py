@@ -19,6 +19,11 @@ headers and payloads exactly as from a pipe or socket.
 
 ``$LIIF_JAX_TRANSPORT`` (``unix`` or ``connection``) picks the transport; the plug-in's
 client (``gimp_plugin/liif_bridge_client.py``) follows the same rules.
+
+One endpoint, one server: a server holds the endpoint's lock file (``EndpointLock``, beside
+the endpoint) from just before it listens until its endpoint is removed, re-checking under
+the lock that no other server answers; it removes only the endpoint it made (the file's
+device and inode, recorded when made, must still match).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -117,6 +123,80 @@ def write_private_file(path: Path, text: str) -> None:
         except OSError:
             pass
         raise
+
+
+def file_identity(path: Path):
+    """(device, inode, change time) of ``path`` itself (a link is not followed), or None if
+    absent. The change time tells a new file apart from ours when the system hands our freed
+    inode number straight to it."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
+
+
+def remove_if_ours(path: Path, identity) -> None:
+    """Delete ``path`` only if it is still the file we made: another server's endpoint that
+    replaced ours is left alone. (Only servers holding the endpoint lock make endpoints, and we
+    hold it, so nothing conforming replaces it between the check and the unlink.)"""
+    if identity is not None and file_identity(path) == identity:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+class EndpointLock:
+    """An exclusive lock on ``path``, a file in the private folder, held by the server that
+    owns an endpoint from just before it listens until the endpoint is removed, so two
+    starts never both listen. ``flock`` (a whole-file lock per open file, which also excludes
+    a second holder in the same process) on POSIX, ``msvcrt.locking`` on Windows; the system
+    drops it when the holder dies, so a crash leaves no lock behind. The file itself is never
+    deleted: deleting a lock file lets two holders lock two different files."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd = None
+
+    def acquire(self) -> bool:
+        """Take the lock if it is free; False if another holder has it."""
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                os.lseek(fd, 0, os.SEEK_SET)
+                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def connect(family: str, address: str, authkey: bytes, timeout: float):
@@ -227,7 +307,9 @@ class UnixTransport:
             raise RequestError("this system has no Unix sockets; use LIIF_JAX_TRANSPORT=connection")
         self.path = Path(path)
         self.folder = self.path.parent
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._sock = None
+        self._identity = None  # of the socket file we bound
 
     def describe(self) -> str:
         return str(self.path)
@@ -244,15 +326,27 @@ class UnixTransport:
         return True
 
     def listen(self) -> None:
-        if self.path.exists():
-            self.path.unlink()  # left behind by a server that died
+        """Bind and listen. The caller holds the endpoint lock and found no server answering,
+        so a socket file here was left by a server that died; anything else is refused."""
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None:
+            if not stat.S_ISSOCK(mode):
+                raise RequestError(f"{self.path} exists and is not a socket; not replacing it")
+            os.unlink(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)  # created 0600: no window where others can connect
         try:
             sock.bind(str(self.path))
+        except OSError:
+            sock.close()
+            raise
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
+        self._identity = file_identity(self.path)  # (after chmod, which changes the ctime)
         sock.listen(16)
         self._sock = sock
 
@@ -268,7 +362,10 @@ class UnixTransport:
         conn.close()
 
     def wake(self) -> None:
-        """Unblock a thread waiting in ``accept``."""
+        """Unblock a thread waiting in ``accept`` (not if the path is no longer our socket:
+        that would knock at someone else's server)."""
+        if self._identity is None or file_identity(self.path) != self._identity:
+            return
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(2)
             s.connect(str(self.path))
@@ -276,10 +373,8 @@ class UnixTransport:
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
-            try:
-                self.path.unlink()
-            except OSError:
-                pass
+            self._sock = None
+            remove_if_ours(self.path, self._identity)
 
 
 class ConnectionTransport:
@@ -292,9 +387,11 @@ class ConnectionTransport:
         self.folder = Path(folder)
         self.family = family or connection_family()
         self.endpoint_file = self.folder / ENDPOINT_NAME
+        self.lock_path = self.folder / (ENDPOINT_NAME + ".lock")
         self.address = None
         self._key = None
         self._listener = None
+        self._identity = None  # of the endpoint file we wrote
 
     def describe(self) -> str:
         return f"{self.address} ({self.family}, key in {self.endpoint_file})"
@@ -331,6 +428,7 @@ class ConnectionTransport:
         write_private_file(self.endpoint_file, json.dumps(
             {"family": self.family, "address": self.address, "authkey": self._key.hex(),
              "pid": os.getpid()}) + "\n")
+        self._identity = file_identity(self.endpoint_file)  # (after the rename, which changes the ctime)
 
     def accept(self):
         return self._listener.accept()
@@ -355,13 +453,11 @@ class ConnectionTransport:
     def close(self) -> None:
         if self._listener is None:
             return
-        self._listener.close()  # (for AF_UNIX this also removes the socket file)
+        listener, self._listener = self._listener, None
+        listener.close()  # (for AF_UNIX this also removes its socket file, a name only we use)
         endpoint = read_endpoint(self.endpoint_file)
-        if endpoint is not None and endpoint["address"] == self.address:  # still ours
-            try:
-                self.endpoint_file.unlink()
-            except OSError:
-                pass
+        if endpoint is not None and endpoint["address"] == self.address:  # and the same file:
+            remove_if_ours(self.endpoint_file, self._identity)
 
 
 def make_transport(name: str | None = None, path: Path | None = None):

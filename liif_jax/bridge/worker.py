@@ -5,6 +5,11 @@ so a ``cancel`` message -- or the end of the stream -- is seen while a job runs.
 thread runs jobs and is the only writer. The model is loaded on the first upscale and kept.
 A job is cancelled promptly (after the chunk in flight) by ``cancel``, by closing the input
 stream, or by SIGTERM.
+
+What a client can make the worker hold is bounded: a header line (``protocol``), payloads
+of queued and running jobs (``MAX_QUEUED_BYTES`` beyond the first), queued messages
+(``MAX_QUEUED_MESSAGES``). The reader never dies silently: anything it did not expect ends
+the worker with an ``internal`` error instead of leaving it waiting forever.
 """
 
 from __future__ import annotations
@@ -20,6 +25,15 @@ from liif_jax.bridge.protocol import ProtocolError
 from liif_jax.errors import CheckpointError, ImageError, LiifError, RequestError
 
 PROGRESS_INTERVAL_S = 0.1
+# Payload bytes held for jobs queued or running, beyond the first such job (which may be as
+# large as protocol.MAX_INPUT_PIXELS allows): a request over it is answered "busy".
+MAX_QUEUED_BYTES = 1 << 30
+# Messages (jobs, answers) waiting for the main thread: a client this far ahead is not
+# reading its answers; it gets a last "busy" and the worker stops reading.
+MAX_QUEUED_MESSAGES = 256
+# Payloads are read in pieces of this size: memory follows the bytes that arrive, not the
+# size a header announces (one buffered read of N bytes would allocate all N up front).
+READ_CHUNK = 1 << 20
 
 
 def _error_code(exc: Exception) -> str:
@@ -61,6 +75,8 @@ class Worker:
     def __init__(self, instream, outstream, model: SharedModel):
         self.instream, self.outstream, self.model = instream, outstream, model
         self.jobs: queue.Queue = queue.Queue()
+        self.queued_bytes = 0  # payload bytes of jobs queued or running (under self.lock)
+        self.reader = None  # the reader thread, once serving
         self.received = 0  # upscale requests read so far
         self.cancel_before = 0  # jobs numbered below this are cancelled
         self.terminated = False  # set by SIGTERM
@@ -69,49 +85,98 @@ class Worker:
     # ------------------------------------------------------------------ input side
     def _discard(self, n: int) -> bool:
         while n > 0:
-            chunk = self.instream.read(min(n, 1 << 20))
+            chunk = self.instream.read(min(n, READ_CHUNK))
             if not chunk:
                 return False
             n -= len(chunk)
         return True
 
+    def _read_payload(self, n: int) -> bytearray:
+        """Up to ``n`` bytes (fewer only at the end of the stream)."""
+        data = bytearray()
+        while len(data) < n:
+            chunk = self.instream.read(min(n - len(data), READ_CHUNK))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def _queue(self, kind, item) -> bool:
+        """Hand ``item`` to the main thread; False when too many wait (a last error is queued
+        instead and the reader must stop)."""
+        if self.jobs.qsize() >= MAX_QUEUED_MESSAGES:
+            self.jobs.put(("error", ProtocolError(
+                "busy", f"more than {MAX_QUEUED_MESSAGES} messages waiting for answers the client "
+                "does not read; closing", fatal=True)))
+            return False
+        self.jobs.put((kind, item))
+        return True
+
     def _read_loop(self):
+        try:
+            if self._read_requests() == "quit":
+                return
+        except Exception as exc:  # noqa: BLE001 -- a reader that died would hang the worker
+            self.jobs.put(("error", ProtocolError(
+                "internal", f"reading requests failed: {type(exc).__name__}: {exc}", fatal=True)))
+        self.stop()  # end of input: cancel whatever runs, then exit
+        self.jobs.put(("eof", None))
+
+    def _read_requests(self):
         while True:
             try:
                 message = protocol.read_message(self.instream)
                 if message is None:
-                    break
+                    return
                 request = protocol.parse_request(message)
             except ProtocolError as exc:
+                # Answer first, then skip the payload: a client told "too_large" at once can
+                # stop sending instead of streaming gigabytes to be dropped.
+                if not self._queue("error", exc):
+                    return
                 if exc.skip and not self._discard(exc.skip):
                     self.jobs.put(("error", ProtocolError("short_payload", "stream ended inside a payload",
                                                           request_id=exc.request_id)))
-                    break
-                self.jobs.put(("error", exc))
+                    return
                 continue
-            except (OSError, ValueError):
-                break
+            except (OSError, ValueError):  # the stream was closed under the reader
+                return
             if request["op"] == "cancel":
                 with self.lock:
                     self.cancel_before = self.received
                 continue
             if request["op"] != "upscale":
-                self.jobs.put((request["op"], request))
-                if request["op"] == "quit":
+                if not self._queue(request["op"], request) or request["op"] == "quit":
+                    return request["op"]
+                continue
+            size = request["bytes"]
+            with self.lock:
+                admit = self.queued_bytes == 0 or self.queued_bytes + size <= MAX_QUEUED_BYTES
+                if admit:
+                    self.queued_bytes += size
+            if not admit:
+                # Pipelined past the bound: say so, and drop this payload (streamed, never held).
+                if not self._queue("error", ProtocolError(
+                        "busy", f"{size:,} more payload bytes would be over the {MAX_QUEUED_BYTES:,} held "
+                        "for the requests before it; send it again when they are answered",
+                        request_id=request["id"])):
+                    return
+                if not self._discard(size):
+                    self.jobs.put(("error", ProtocolError("short_payload", "stream ended inside a payload",
+                                                          request_id=request["id"])))
                     return
                 continue
-            data = self.instream.read(message["bytes"])
-            if len(data) != message["bytes"]:
+            data = self._read_payload(size)
+            if len(data) != size:
                 self.jobs.put(("error", ProtocolError(
-                    "short_payload", f"payload ended after {len(data)} of {message['bytes']} bytes",
-                    request_id=request.get("id"))))
-                break
+                    "short_payload", f"payload ended after {len(data)} of {size} bytes",
+                    request_id=request["id"])))
+                return
             with self.lock:
                 number = self.received
                 self.received += 1
-            self.jobs.put(("upscale", (number, request, data)))
-        self.stop()  # end of input: cancel whatever runs, then exit
-        self.jobs.put(("eof", None))
+            if not self._queue("upscale", (number, request, data)):
+                return
 
     def stop(self):
         with self.lock:
@@ -162,8 +227,8 @@ class Worker:
                     "compute_s": round(compute, 4)}, payload)
 
     def serve(self) -> int:
-        reader = threading.Thread(target=self._read_loop, name="liif-bridge-reader", daemon=True)
-        reader.start()
+        self.reader = threading.Thread(target=self._read_loop, name="liif-bridge-reader", daemon=True)
+        self.reader.start()
         while True:
             try:
                 kind, item = self.jobs.get(timeout=0.2)
@@ -176,7 +241,7 @@ class Worker:
             if kind == "error":
                 self._send({"event": "error", "id": item.request_id, "code": item.code,
                             "message": _one_line(item)})
-                if item.code == "short_payload":
+                if item.fatal:
                     return 1
                 continue
             if kind == "ping":
@@ -186,6 +251,7 @@ class Worker:
                             "protocol": protocol.PROTOCOL, "model": self.model.name})
                 continue
             number, request, data = item
+            item = None
             try:
                 self._run(number, request, data)
             except (LiifError, ValueError, TypeError, MemoryError) as exc:
@@ -195,6 +261,10 @@ class Worker:
             except Exception as exc:  # the worker must survive anything one request does
                 self._send({"event": "error", "id": request.get("id"), "code": "internal",
                             "message": _one_line(f"{type(exc).__name__}: {exc}")})
+            finally:
+                with self.lock:
+                    self.queued_bytes -= len(data)
+                data = None  # the payload's memory goes back before the next job waits
 
 
 def _cancelled():
