@@ -2,11 +2,15 @@
 
     python benchmarks/bench_train.py                      # paper and tiny configs
     python benchmarks/bench_train.py --configs tiny --steps 200
+    python benchmarks/bench_train.py --configs paper --loader-only   # threaded vs grain loader
 
 Per config, on the scikit-image sample photos (astronaut, chelsea, coffee, rocket; all large
 enough for the paper's 192-pixel crops):
-- host loader throughput: batches/s of ``BatchLoader`` with 1 thread and with the config's
-  thread count (how fast the host can feed the device);
+- host loader throughput: batches/s of the threaded ``BatchLoader`` with 1 thread and with the
+  config's thread count, and of the grain pipeline (``train.pipeline.GrainLoader``, the
+  default) with the same threads in-process and with worker processes (one per core beyond
+  two, when the host has them) -- how fast the host can feed the device, each loader timed
+  in turn in the same run, interleaved twice (median);
 - the jitted training step alone on a prepared batch: steps/s after compilation (median of
   3 timed runs of --steps steps each) and the compile time;
 - the whole loop, ``liif_jax.train.loop.train`` with the threaded loader, logging and one
@@ -41,6 +45,17 @@ def loader_rate(data, config, threads: int, n: int) -> float:
 
     t = time.perf_counter()
     with BatchLoader(data, config.batch_size, config.seed, 0, n, threads=threads, depth=4) as loader:
+        for _ in loader:
+            pass
+    return n / (time.perf_counter() - t)
+
+
+def grain_rate(data, config, threads: int, workers: int, n: int) -> float:
+    from liif_jax.train.pipeline import GrainLoader
+
+    t = time.perf_counter()
+    with GrainLoader(data, config.batch_size, config.seed, 0, n, threads=threads, depth=4,
+                     workers=workers) as loader:
         for _ in loader:
             pass
     return n / (time.perf_counter() - t)
@@ -85,6 +100,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="paper,tiny")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 10 paper, 200 tiny)")
+    parser.add_argument("--loader-batches", type=int, default=None, help="batches per loader timing")
+    parser.add_argument("--loader-only", action="store_true", help="only the loader figures")
+    parser.add_argument("--grain-workers", type=int, default=None,
+                        help="grain worker processes to time (default: the automatic count)")
     args = parser.parse_args()
     jax.config.update("jax_default_matmul_precision", "highest")  # what the tests and parity use
     print(f"devices: {jax.devices()}")
@@ -99,11 +118,34 @@ def main():
                 jax.eval_shape(lambda: init_params(build_model(config.model), 0))))
             print(f"\n== config {name}: {n_params:,} parameters, batch {config.batch_size}, "
                   f"{config.inp_size}x{config.inp_size} LR crops, {config.sample_q} queries each")
-            n_load = max(8, min(steps, 50))
+            n_load = args.loader_batches or max(8, min(steps, 50))
             one = loader_rate(data, config, 1, n_load)
             many = loader_rate(data, config, config.loader_threads, n_load)
             print(f"loader: {one:.1f} batches/s on 1 thread, {many:.1f} on {config.loader_threads} "
                   f"({many / one:.2f}x)")
+            try:
+                from liif_jax.train.pipeline import auto_workers
+                import grain  # noqa: F401
+            except ImportError:
+                print("grain: not installed (pip install grain); skipped")
+            else:
+                # Alternate the two loaders so a busy shared host slows both alike.
+                threads_runs, grain_runs = [], []
+                for _ in range(2):
+                    threads_runs.append(loader_rate(data, config, config.loader_threads, n_load))
+                    grain_runs.append(grain_rate(data, config, config.loader_threads, 0, n_load))
+                t_med, g_med = statistics.median(threads_runs), statistics.median(grain_runs)
+                print(f"grain, {config.loader_threads} threads in-process: {g_med:.1f} batches/s vs the threaded "
+                      f"loader's {t_med:.1f} (grain / threads = {g_med / t_med:.2f})")
+                workers = auto_workers(-1 if args.grain_workers is None else args.grain_workers)
+                if workers:
+                    rate = grain_rate(data, config, config.loader_threads, workers, n_load)
+                    print(f"grain, {workers} worker processes: {rate:.1f} batches/s (incl. starting them)")
+                else:
+                    print("grain worker processes: none by default on this host (2 cores or fewer beyond "
+                          "the trainer; --grain-workers N times them anyway)")
+            if args.loader_only:
+                continue
             rate, compile_s = step_rate(config, data, steps)
             print(f"jitted step alone: {rate:.3f} steps/s ({rate * config.batch_size:.1f} crops/s); "
                   f"first call (compile) {compile_s:.1f} s")

@@ -344,18 +344,19 @@ def test_sigkill_mid_run_then_resume_reaches_the_same_params(photos, tmp_path, s
     assert same_params(load_model(out).params, reference.params, tol=1e-7)
 
 
-def test_sigterm_saves_a_checkpoint_and_stops(photos, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_saves_a_checkpoint_and_stops(photos, tmp_path, sig):
     cfg = _config_file(tmp_path, checkpoint_every=1000, log_every=1)
     wd = tmp_path / "run"
     cmd = CLI + ["train", "--config", str(cfg), "--data", str(photos), "--workdir", str(wd), "--steps", "100000", "-q"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = wd / "log.jsonl"
     _wait_for(lambda: log.exists() and log.read_text().count("\n") >= 3, proc)  # training
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     steps = [s for s, _ in ckpt.list_checkpoints(wd)]
-    assert len(steps) == 1 and f"stopped by SIGTERM at step {steps[0]}" in err
+    assert len(steps) == 1 and f"stopped by {sig.name} at step {steps[0]}" in err
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
