@@ -75,12 +75,15 @@ def work():
     return folder
 
 
-def plugin_dir(tmp_path, python, start_server=False):
+def plugin_dir(tmp_path, python, start_server=False, socket=None):
     folder = tmp_path / "plugins" / "liif_upscale"
     folder.mkdir(parents=True)
     shutil.copy(REPO / "gimp_plugin" / "liif_upscale" / "liif_upscale.py", folder)
     shutil.copy(REPO / "gimp_plugin" / "liif_bridge_client.py", folder)
-    (folder / "liif_jax_gimp.json").write_text(json.dumps({"python": python, "start_server": start_server}))
+    config = {"python": python, "start_server": start_server}
+    if socket:
+        config["socket"] = socket
+    (folder / "liif_jax_gimp.json").write_text(json.dumps(config))
     return folder
 
 
@@ -130,12 +133,14 @@ class ChrootServer:
                 self.proc.wait()
 
 
-def run_gimp(tmp_path, work, cases, python=VENV_PYTHON):
+def run_gimp(tmp_path, work, cases, python=VENV_PYTHON, plugins=None, **extra_env):
     report = work / f"report-{tmp_path.name}.json"
+    report.unlink(missing_ok=True)
     env = dict(os.environ, LIIF_TEST_CASES=json.dumps(cases),
-               LIIF_TEST_REPORT=f"{WORK_IN}/{report.name}", LIIF_GIMP_CHROOT=str(ROOT))
+               LIIF_TEST_REPORT=f"{WORK_IN}/{report.name}", LIIF_GIMP_CHROOT=str(ROOT), **extra_env)
+    plugins = plugins or plugin_dir(tmp_path, python)
     proc = subprocess.run(["bash", str(REPO / ".ci" / "gimp" / "run_gimp_batch.sh"),
-                           str(Path(__file__).parent / "gimp_driver.py"), str(plugin_dir(tmp_path, python))],
+                           str(Path(__file__).parent / "gimp_driver.py"), str(plugins)],
                           env=env, capture_output=True, text=True, timeout=900)
     result = json.loads(report.read_text()) if report.exists() else []
     return proc, result
@@ -534,3 +539,125 @@ def test_text_layer_and_half_u32_float_precisions(tmp_path, work):
         err = np.abs(after.astype(np.float64) - expected)
         print(f"{name} ({r['precision_before']}): max {err.max():.2e} mean {err.mean():.2e}")
         assert err.max() <= max_err and err.mean() <= mean_err, (name, err.max(), err.mean())
+
+
+# ---------------------------------------------------------------- the Flatpak GIMP, emulated
+FLATPAK_SOCKET = "$XDG_RUNTIME_DIR/app/org.gimp.GIMP/liif-jax.sock"  # liif_jax.gimp_setup's
+ACTIVATE = shutil.which("systemd-socket-activate")
+
+
+class SocketActivated:
+    """systemd's liif-jax-gimp.socket, emulated: systemd-socket-activate on the host listens
+    at <host runtime dir>/app/org.gimp.GIMP/liif-jax.sock and starts the host's
+    ``liif-jax serve`` on the first connection (LISTEN_FDS). The chroot stands in for the
+    Flatpak sandbox: no liif-jax is used in it, and its /run/user/0/app/org.gimp.GIMP is the
+    host folder, bind-mounted, as Flatpak shares that folder."""
+
+    def __init__(self, work, name):
+        self.runtime = Path(tempfile.mkdtemp(prefix="liif-flatpak-run."))  # 0700
+        self.folder = self.runtime / "app" / "org.gimp.GIMP"
+        self.folder.mkdir(parents=True, mode=0o700)
+        (self.runtime / "app").chmod(0o700)
+        self.socket = self.folder / "liif-jax.sock"
+        self.mountpoint = ROOT / "run" / "user" / "0" / "app" / "org.gimp.GIMP"
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        (ROOT / "run" / "user" / "0").chmod(0o700)
+        subprocess.run(["mount", "--bind", str(self.folder), str(self.mountpoint)], check=True)
+        self.log = work / f"{name}.log"
+        self.proc = None
+
+    def start(self):
+        # umask 077: the socket 0600, as SocketMode=0600 makes it. cwd /: the installed
+        # liif_jax, not a checkout that happens to be the current folder.
+        # (systemd-socket-activate passes no environment on but what -E names.)
+        pass_on = ["-E", "PYTHONPATH"] if os.environ.get("PYTHONPATH") else []
+        cmd = ["sh", "-c", 'umask 077 && exec "$@"', "sh", ACTIVATE, *pass_on, "-l", str(self.socket),
+               sys.executable, "-m", "liif_jax", "serve", "--socket", str(self.socket), "--idle-timeout", "900"]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd="/")
+        deadline = time.monotonic() + 30
+        while not self.socket.exists():
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.05)
+        return self
+
+    def env(self):
+        return {}  # the plug-in's config names the socket
+
+    def started_serve(self):
+        """systemd-socket-activate execs serve in its own process on the first connection."""
+        try:
+            argv0 = Path(f"/proc/{self.proc.pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            return False
+        return not argv0.endswith(b"systemd-socket-activate")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def close(self):
+        self.stop()
+        subprocess.run(["umount", str(self.mountpoint)], check=False)
+        shutil.rmtree(self.runtime, ignore_errors=True)
+
+
+@pytest.mark.skipif(ACTIVATE is None, reason="needs systemd-socket-activate (Debian: package systemd)")
+def test_flatpak_emulated_socket_activated_worker(tmp_path, work):
+    """Issue 13, item 2, as the issue asks it tested: GIMP in the chroot (the sandbox) with
+    the plug-in configured as 'liif-jax gimp install --flatpak' writes it (a socket under
+    $XDG_RUNTIME_DIR/app/org.gimp.GIMP, an interpreter that does not exist in there). The first
+    upscale starts the worker through socket activation, the later ones are warm; Cancel stops
+    the job; with nothing listening the filter fails naming the command that starts the
+    worker, and the image is untouched."""
+    name = "flatpak"
+    activated = SocketActivated(work, name).start()
+    try:
+        plugins = plugin_dir(tmp_path, "/nonexistent/liif-jax-python", socket=FLATPAK_SOCKET)
+        events = work / f"{name}-events.jsonl"
+        timings = work / f"{name}-timings.jsonl"
+        for f in (events, timings):
+            f.unlink(missing_ok=True)
+        env = {"LIIF_GIMP_RUNTIME_DIR": "/run/user/0", "LIIF_JAX_EVENTS": f"{WORK_IN}/{events.name}",
+               "LIIF_JAX_TIMINGS": f"{WORK_IN}/{timings.name}"}
+        assert not activated.started_serve()  # nothing runs before the first upscale
+        cases = [{"name": f"call {i}", "input": f"{WORK_IN}/in_rgb.png", "scale": 2.0,
+                  "output": f"{WORK_IN}/flatpak-{i}.png"} for i in (1, 2, 3)]
+        proc, report = run_gimp(tmp_path, work, cases, plugins=plugins, **env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert [r["status"] for r in report] == ["success"] * 3
+        assert activated.started_serve()
+        channels = [json.loads(line) for line in events.read_text().splitlines()]
+        assert [e["kind"] for e in channels if e["event"] == "channel"] == ["server"] * 3
+        expected = liif_jax.upscale(np.asarray(Image.open(work / "in_rgb.png")), scale=2,
+                                    model=liif_jax.load_model(), precision="float32")
+        assert np.abs(rgba(work / "flatpak-3.png")[..., :3] - expected).max() <= 1 / 255 + 1e-9
+        walls = [json.loads(line)["wall_s"] for line in timings.read_text().splitlines()]
+        print(f"Flatpak (emulated): first upscale {walls[0]:.2f} s (starts the worker), "
+              f"then {walls[1]:.2f} s and {walls[2]:.2f} s (warm)", file=sys.stderr)
+        assert max(walls[1:]) < walls[0]
+
+        # Cancel: the plug-in is killed mid-job; the worker stops at once and serves the next call.
+        proc = run_driver("gimp_cancel_driver.py", plugins, LIIF_GIMP_RUNTIME_DIR="/run/user/0",
+                          **cancel_env(f"{name}-cancel", "server", activated, "kill"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        check_cancel_report(json.loads((work / f"{name}-cancel.json").read_text()), "server", activated)
+
+        # Nothing listening: a one-line error naming the command, the image untouched.
+        activated.stop()
+        case = [{"name": "no worker", "input": f"{WORK_IN}/in_rgba.png", "scale": 2.0,
+                 "output": f"{WORK_IN}/flatpak-none.png"}]
+        proc, report = run_gimp(tmp_path, work, case, plugins=plugins, **env)
+        assert proc.returncode == 64, proc.stderr[-3000:]
+        (entry,) = report
+        assert entry["status"] == "execution-error" and entry["after"] == entry["before"] == [24, 40]
+        assert "no liif-jax worker answers at /run/user/0/app/org.gimp.GIMP/liif-jax.sock" in entry["message"]
+        assert f"run: liif-jax serve --socket {FLATPAK_SOCKET}" in entry["message"]
+        assert same_image(rgba(work / "flatpak-none.png.input-after.png"), rgba(work / "in_rgba.png"))
+    finally:
+        activated.close()

@@ -24,6 +24,7 @@
 #   LIIF_GIMP_TIMEOUT  seconds before GIMP is killed (default 600; exit 124)
 #   LIIF_GIMP_KEEP_HOME=1  keep the fake HOME (path printed on stderr)
 #   LIIF_GIMP_FONTS=1  start GIMP with fonts (-id instead of -idf; text layers need them)
+#   LIIF_GIMP_RUNTIME_DIR  XDG_RUNTIME_DIR inside (the emulated Flatpak sandbox's /run/user/UID)
 #   LIIF_*             every other LIIF_* variable is passed into the chroot
 #
 # Exit code: GIMP's.  0 = driver ran without exception; with --quit a Python
@@ -83,9 +84,11 @@ ENVV=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.U
       HOME="$HOME_CH" XDG_CONFIG_HOME="$HOME_CH/.config" XDG_CACHE_HOME="$HOME_CH/.cache"
       XDG_DATA_HOME="$HOME_CH/.local/share" TMPDIR=/tmp LIIF_GIMP_WORK=/liif-work)
 for k in $(compgen -e); do
-  case "$k" in LIIF_GIMP_CHROOT|LIIF_GIMP_TIMEOUT|LIIF_GIMP_KEEP_HOME|LIIF_GIMP_FONTS) ;;
+  case "$k" in LIIF_GIMP_CHROOT|LIIF_GIMP_TIMEOUT|LIIF_GIMP_KEEP_HOME|LIIF_GIMP_FONTS|LIIF_GIMP_RUNTIME_DIR) ;;
                LIIF_*) ENVV+=("$k=${!k}");; esac
 done
+
+[ -z "${LIIF_GIMP_RUNTIME_DIR:-}" ] || ENVV+=(XDG_RUNTIME_DIR="$LIIF_GIMP_RUNTIME_DIR")
 
 set +e
 FLAGS=-idf                                   # -f: no fonts (faster start)

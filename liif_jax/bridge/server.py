@@ -22,7 +22,8 @@ import threading
 import time
 from pathlib import Path
 
-from liif_jax.bridge.transport import EndpointLock, make_transport, private_folder, socket_path
+from liif_jax.bridge.transport import (EndpointLock, UnixTransport, inherited_socket, make_transport,
+                                       private_folder, socket_path)
 from liif_jax.bridge.worker import SharedModel, Worker
 from liif_jax.errors import LiifError
 
@@ -74,8 +75,13 @@ def serve(weights=None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S, path: Path
     on Windows and "unix" elsewhere); ``path``: the unix socket path, whose folder also holds
     the connection transport's ``endpoint.json``."""
     endpoint = make_transport(transport, path)
+    # Socket activation (systemd, for the Flatpak GIMP): the listening socket is handed over;
+    # nobody else can listen on it, so there is nothing to check, claim or remove.
+    inherited = inherited_socket() if isinstance(endpoint, UnixTransport) else None
+    if inherited is not None:
+        endpoint = UnixTransport(Path(inherited.getsockname()))
     private_folder(endpoint.folder)
-    if endpoint.running():
+    if inherited is None and endpoint.running():
         print(f"liif-jax serve: already running at {endpoint.describe()}", file=log)
         return 0
     model = SharedModel(weights)
@@ -87,7 +93,7 @@ def serve(weights=None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S, path: Path
     # Warming up took seconds: another server may have started meanwhile. Ask again, under
     # the lock, which is held until the endpoint is gone.
     lock = EndpointLock(endpoint.lock_path)
-    code = _claim(endpoint, lock, log)
+    code = _claim(endpoint, lock, log) if inherited is None else None
     if code is not None:
         return code
     stop = stop if stop is not None else threading.Event()
@@ -97,7 +103,7 @@ def serve(weights=None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S, path: Path
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: terminated.append(True))
     try:
         try:
-            endpoint.listen()
+            endpoint.listen() if inherited is None else endpoint.adopt(inherited)
         except (OSError, LiifError) as exc:
             print(f"liif-jax serve: error: cannot listen at {endpoint.describe()}: {exc}", file=log, flush=True)
             endpoint.close()

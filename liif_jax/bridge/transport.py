@@ -147,6 +147,38 @@ def remove_if_ours(path: Path, identity) -> None:
             pass
 
 
+# systemd's first passed descriptor (sd_listen_fds(3)).
+SD_LISTEN_FDS_START = 3
+
+
+def inherited_socket(env=None):
+    """The listening socket systemd (or systemd-socket-activate) handed this process through
+    LISTEN_FDS / LISTEN_PID (socket activation), or None. Exactly one Unix stream socket,
+    which no other user may connect to, is accepted. The variables are removed either way, so
+    our children never take the descriptor for theirs."""
+    env = os.environ if env is None else env
+    if "LISTEN_FDS" not in env:
+        return None
+    fds, pid = env.get("LISTEN_FDS"), env.get("LISTEN_PID")
+    for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        env.pop(key, None)
+    if pid != str(os.getpid()):
+        return None  # meant for another process (the one that started us)
+    if fds != "1":
+        raise RequestError(f"socket activation passed {fds} sockets; liif-jax serve takes exactly one")
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise RequestError("socket activation passed a socket that is not a Unix stream socket")
+    path = sock.getsockname()
+    mode = os.stat(path).st_mode
+    if not stat.S_ISSOCK(mode) or mode & 0o022:  # connecting takes write permission
+        sock.detach()
+        raise RequestError(f"the activated socket {path} lets other users connect (mode "
+                           f"{stat.S_IMODE(mode):o}); give it SocketMode=0600")
+    return sock
+
+
 class EndpointLock:
     """An exclusive lock on ``path``, a file in the private folder, held by the server that
     owns an endpoint from just before it listens until the endpoint is removed, so two
@@ -350,8 +382,16 @@ class UnixTransport:
         sock.listen(16)
         self._sock = sock
 
+    def adopt(self, sock) -> None:
+        """Serve on a listening socket handed over by socket activation. It is systemd's,
+        which keeps listening after we exit: never unlinked here (no identity of ours), and
+        ``accept`` wakes by itself every second instead of being knocked at."""
+        sock.settimeout(1.0)
+        self._sock = sock
+
     def accept(self):
         conn, _ = self._sock.accept()
+        conn.settimeout(None)  # (an adopted listener has a timeout; its connections block)
         return conn
 
     def streams(self, conn) -> Streams:
