@@ -88,14 +88,20 @@ def test_client_copies_of_the_servers_rules_are_the_servers(monkeypatch):
     class Channel:
         kind = "fake"
         wfile = sent
-        rfile = io.BytesIO(b'{"liif":1,"event":"result","id":1,"width":2,"height":2,"channels":"RGB",'
-                           b'"format":"u8","bytes":12}\n' + bytes(12))
+
+        def __init__(self):
+            self.rfile = io.BytesIO(b'{"liif":1,"event":"result","id":1,"width":2,"height":2,"channels":"RGB",'
+                                    b'"format":"u8","bytes":12}\n' + bytes(12))
+
+        def failure(self):
+            return "fake channel"
 
         def close(self):
             pass
 
     client = client_mod.BridgeClient(sys.executable)
-    for options in ({"scale": 2.0}, {"scale": [2.0, 1.5]}, {"size": (7, 5)}, {"scale": 2, "region": (0, 0, 1, 1.5)}):
+    for options in ({"scale": 2.0}, {"scale": [2.0, 1.5]}, {"size": (7, 5)}, {"scale": 2, "region": (0, 0, 1, 1.5)},
+                    {"scale": 2, "precision": "bfloat16"}):
         monkeypatch.setattr(client, "_connect", lambda status: Channel())
         sent.seek(0)
         sent.truncate()
@@ -103,7 +109,7 @@ def test_client_copies_of_the_servers_rules_are_the_servers(monkeypatch):
         stream = io.BytesIO(sent.getvalue())
         request = protocol.parse_request(protocol.read_message(stream))
         assert request["op"] == "upscale" and stream.read() == bytes(18)
-        assert {k: request[k] for k in ("scale", "size", "region") if k in request} == \
+        assert {k: request[k] for k in ("scale", "size", "region", "precision") if k in request} == \
             {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
     # The server-side constants the client must not exceed.
     assert len(client_mod._header({"op": "upscale", "id": 1, "region": [0.1] * 4})) < protocol.MAX_HEADER_BYTES
