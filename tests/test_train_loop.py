@@ -76,7 +76,7 @@ def test_config_files_and_their_errors(tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(RequestError, match=messages[name]):
             load_config(str(tmp_path / name))
-    with pytest.raises(RequestError, match="paper, tiny"):
+    with pytest.raises(RequestError, match="one of paper, rdn, tiny or a .py file"):
         load_config("imagenet")
 
 
