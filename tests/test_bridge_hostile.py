@@ -274,8 +274,10 @@ class HeldWorker(worker.Worker):
     """Jobs wait for ``release`` (a job that runs long), and echo a 1x1 result."""
 
     release = None
+    running = None
 
     def _run(self, number, request, data):
+        self.running.set()
         assert self.release.wait(HANG)
         self._send({"event": "result", "id": request.get("id"), "width": 1, "height": 1,
                     "channels": request["channels"], "format": request["format"], "bytes": 3}, b"abc")
@@ -284,7 +286,7 @@ class HeldWorker(worker.Worker):
 @pytest.fixture
 def held(inproc):
     release = threading.Event()
-    cls = type("Held", (HeldWorker,), {"release": release})
+    cls = type("Held", (HeldWorker,), {"release": release, "running": threading.Event()})
     w = inproc(worker_cls=cls)
     yield w, release
     release.set()
@@ -302,6 +304,7 @@ def test_pipelined_payloads_are_bounded_in_bytes(held, monkeypatch):
     w.close_input()
     # The first job is still running: the reader has read everything (and ended) while only
     # the jobs it could hold wait, their bytes under the limit.
+    assert w.worker.running.wait(HANG)  # (so serve() has started the reader)
     w.worker.reader.join(HANG)
     assert not w.worker.reader.is_alive()
     release.set()

@@ -227,8 +227,9 @@ class Worker:
                     "compute_s": round(compute, 4)}, payload)
 
     def serve(self) -> int:
-        self.reader = threading.Thread(target=self._read_loop, name="liif-bridge-reader", daemon=True)
-        self.reader.start()
+        reader = threading.Thread(target=self._read_loop, name="liif-bridge-reader", daemon=True)
+        reader.start()
+        self.reader = reader  # (only once started: another thread may join it)
         while True:
             try:
                 kind, item = self.jobs.get(timeout=0.2)
