@@ -16,13 +16,17 @@
 # left in $LIIF_GIMP_CHROOT/liif-work/liif-undo-check/ (exports, JSON reports, screenshots, logs).
 #
 # Environment: LIIF_GIMP_CHROOT (default /var/tmp/liif-gimp-chroot), LIIF_UNDO_INPUT (an RGB
-# PNG, default tests/fixtures/dev/in_astronaut_30x42.png), LIIF_UNDO_WAIT (seconds).
+# PNG, default tests/fixtures/dev/in_astronaut_30x42.png), LIIF_UNDO_WAIT (seconds),
+# LIIF_UNDO_COMMAND=layer: Layer > Upscale Layer (LIIF) instead (the canvas keeps its size, the
+# layer doubles around its centre; one Ctrl+Z must bring the layer back).
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROOT="${LIIF_GIMP_CHROOT:-/var/tmp/liif-gimp-chroot}"; ROOT="${ROOT%/}"
 INPUT="${LIIF_UNDO_INPUT:-$REPO/tests/fixtures/dev/in_astronaut_30x42.png}"
 WAIT_UNDO="${LIIF_UNDO_WAIT:-30}"
+COMMAND="${LIIF_UNDO_COMMAND:-image}"
+case "$COMMAND" in image|layer) ;; *) echo "LIIF_UNDO_COMMAND must be image or layer" >&2; exit 2;; esac
 T0=$EPOCHREALTIME
 
 fail() { echo "undo_check: FAIL: $*"; exit 1; }
@@ -66,7 +70,11 @@ def report(name, data):
     os.rename(os.path.join(W, name + ".tmp"), os.path.join(W, name))   # appears complete
     print("driver:", name, json.dumps(data), flush=True)
 
-size = lambda im: [im.get_width(), im.get_height()]
+LAYER = os.environ.get("LIIF_UNDO_COMMAND") == "layer"
+PROC = "python-fu-liif-upscale-layer" if LAYER else "python-fu-liif-upscale"
+# The layer command leaves the canvas alone: watch the layer's size too.
+size = lambda im: [im.get_width(), im.get_height()] + (
+    [im.get_layers()[0].get_width(), im.get_layers()[0].get_height()] if LAYER else [])
 img = Gimp.file_load(NI, Gio.File.new_for_path(os.path.join(W, "input.png")))
 if img is None:
     raise RuntimeError("could not load input.png")
@@ -74,16 +82,17 @@ Gimp.Display.new(img)
 Gimp.displays_flush()
 export(img, "before.png")
 before, dirty0 = size(img), img.is_dirty()
-proc = Gimp.get_pdb().lookup_procedure("python-fu-liif-upscale")
+proc = Gimp.get_pdb().lookup_procedure(PROC)
 if proc is None:
     report("upscaled.json", {"status": "not-registered"})
-    raise RuntimeError("python-fu-liif-upscale is not registered")
+    raise RuntimeError(PROC + " is not registered")
 cfg = proc.create_config()
 cfg.set_property("run-mode", NI)
 cfg.set_property("image", img)
 cfg.set_core_object_array("drawables", img.get_selected_drawables())
 cfg.set_property("scale", 2.0)
-cfg.set_property("new-image", False)
+if not LAYER:
+    cfg.set_property("new-image", False)
 t = time.time()
 res = proc.run(cfg)
 status = res.index(0).value_nick
@@ -95,7 +104,7 @@ report("upscaled.json", {"status": status, "message": message, "before": before,
                          "seconds": round(time.time() - t, 2), "dirty_before": dirty0,
                          "dirty_after": img.is_dirty(), "layers": len(img.get_layers())})
 if status != "success":
-    raise RuntimeError("python-fu-liif-upscale: %s %s" % (status, message))
+    raise RuntimeError("%s: %s %s" % (PROC, status, message))
 # Wait for the Ctrl+Z the script sends: poll the size.
 t = time.time()
 while time.time() - t < WAIT and size(img) == upscaled:
@@ -114,7 +123,7 @@ cat > "$WORK/inner.sh" <<'SH'
 #!/bin/bash
 set -u
 W=$1; H=$2; WAIT=$3
-export LIIF_UNDO_WORK=$W LIIF_UNDO_WAIT=$WAIT
+export LIIF_UNDO_WORK=$W LIIF_UNDO_WAIT=$WAIT LIIF_UNDO_COMMAND=$4
 # no socket here: the plug-in spawns its own one-off worker (never a warm server of others)
 export LIIF_JAX_SOCKET=$W/no-server/worker.sock
 source "$W/gui_session.sh"
@@ -146,7 +155,7 @@ cp "$REPO/tests_gimp/gui_session.sh" "$WORK/"
 
 echo "undo_check: input $(basename "$INPUT"); running GUI GIMP under Xvfb in $ROOT ..."
 timeout -k 10 $((WAIT_UNDO + 240)) chroot "$ROOT" /usr/bin/env -i \
-  PATH=/usr/local/bin:/usr/bin:/bin "$WCH/inner.sh" "$WCH" "$HOME_CH" "$WAIT_UNDO" 2>&1 | sed 's/^/  /'
+  PATH=/usr/local/bin:/usr/bin:/bin "$WCH/inner.sh" "$WCH" "$HOME_CH" "$WAIT_UNDO" "$COMMAND" 2>&1 | sed 's/^/  /'
 rc=${PIPESTATUS[0]}
 [ -f "$WORK/upscaled.json" ] && echo "  upscaled.json: $(cat "$WORK/upscaled.json")"
 [ -f "$WORK/undone.json" ] && echo "  undone.json:   $(cat "$WORK/undone.json")"
@@ -169,14 +178,23 @@ UN_SIZE=$(im identify -format '%wx%h' "$WCH/undone.png")
 read -r iw ih <<<"${IN_SIZE/x/ }"
 problems=()
 [ "$(raw before.png)" = "$(raw input.png)" ] || problems+=("export of the freshly loaded image differs from input (export path lossy?)")
-[ "$UP_SIZE" = "$((iw * 2))x$((ih * 2))" ] || problems+=("upscaled size $UP_SIZE, expected $((iw * 2))x$((ih * 2))")
+if [ "$COMMAND" = layer ]; then   # the canvas stays; the layer (seen in upscaled.json) doubled
+  [ "$UP_SIZE" = "$IN_SIZE" ] || problems+=("the layer command changed the canvas to $UP_SIZE")
+  grep -q "\"after\": \[$iw, $ih, $((iw * 2)), $((ih * 2))\]" "$WORK/upscaled.json" ||
+    problems+=("the layer did not double: $(cat "$WORK/upscaled.json")")
+  grep -q "\"layer_sizes\": \[\[$iw, $ih\]\]" "$WORK/undone.json" ||
+    problems+=("after ONE Ctrl+Z the layer is not back to ${iw}x$ih: $(cat "$WORK/undone.json")")
+  [ "$(raw upscaled.png)" != "$(raw input.png)" ] || problems+=("the layer command changed no pixel")
+else
+  [ "$UP_SIZE" = "$((iw * 2))x$((ih * 2))" ] || problems+=("upscaled size $UP_SIZE, expected $((iw * 2))x$((ih * 2))")
+fi
 [ "$UN_SIZE" = "$IN_SIZE" ] || problems+=("after ONE Ctrl+Z the size is $UN_SIZE, not $IN_SIZE")
 if [ "$UN_SIZE" = "$IN_SIZE" ] && [ "$(raw undone.png)" != "$(raw input.png)" ]; then
   problems+=("after ONE Ctrl+Z the size is back but $(diffpx input.png undone.png) pixels differ from input")
 fi
 secs=$(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
 if [ ${#problems[@]} -eq 0 ]; then
-  echo "undo_check: PASS: one Ctrl+Z restored $UP_SIZE -> $UN_SIZE with pixels identical to input (${secs} s; evidence in $WORK)"
+  echo "undo_check: PASS ($COMMAND command): one Ctrl+Z restored $UP_SIZE -> $UN_SIZE with pixels identical to input (${secs} s; evidence in $WORK)"
   exit 0
 fi
 for p in "${problems[@]}"; do echo "  problem: $p"; done
