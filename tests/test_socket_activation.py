@@ -52,7 +52,8 @@ def test_first_connection_starts_serve_later_ones_are_warm_idle_exit_keeps_the_s
         got = np.frombuffer(data, np.uint8).reshape(20, 24, 3)
         assert np.array_equal(got, liif_jax.upscale(pixels, scale=2.0, model=real_model, dtype=np.uint8))
         print(f"socket-activated serve: first call {times[0]:.2f} s (starts it), second {times[1]:.2f} s")
-        assert times[1] < times[0]
+        # Warm: both calls were served by the one serve the first connection started.
+        assert (tmp_path / "serve.log").read_text().count("listening at") == 1
         # serve replaced systemd-socket-activate (same pid) and exits when idle, leaving the socket.
         assert b"python" in open(f"/proc/{activate.pid}/cmdline", "rb").read().split(b"\0")[0]
         assert activate.wait(timeout=60) == 0

@@ -640,7 +640,8 @@ def test_flatpak_emulated_socket_activated_worker(tmp_path, work):
         walls = [json.loads(line)["wall_s"] for line in timings.read_text().splitlines()]
         print(f"Flatpak (emulated): first upscale {walls[0]:.2f} s (starts the worker), "
               f"then {walls[1]:.2f} s and {walls[2]:.2f} s (warm)", file=sys.stderr)
-        assert max(walls[1:]) < walls[0]
+        # Warm: one serve, started by the first call, answered all three.
+        assert activated.log.read_text().count("listening at") == 1 and activated.proc.poll() is None
 
         # Cancel: the plug-in is killed mid-job; the worker stops at once and serves the next call.
         proc = run_driver("gimp_cancel_driver.py", plugins, LIIF_GIMP_RUNTIME_DIR="/run/user/0",
