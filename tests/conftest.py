@@ -57,3 +57,31 @@ def read_rgb01(path) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(path).convert("RGB")).astype(np.float32) / np.float32(255)
+
+
+def run_cli(capsys, *args):
+    """``liif-jax ARGS`` in this process: (exit code, stdout, stderr). In-process, so a test
+    does not pay a JAX import per call; argparse's usage errors count as exit codes."""
+    from liif_jax.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory):
+    """Five small HR photos for training tests (>= 64 px: the tiny config's largest crop is
+    16 x 4)."""
+    import skimage.data
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photos")
+    sources = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(),
+               skimage.data.rocket(), skimage.data.astronaut()[200:]]
+    for i, img in enumerate(sources):
+        Image.fromarray(img[:80, :112]).save(root / f"p{i}.png")
+    return root

@@ -12,19 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DEV, TINY
-from liif_jax.cli import main
+from conftest import DEV, TINY, run_cli
 
 COFFEE = DEV / "in_coffee_40x24.png"  # 24 wide x 40 tall
 
 
 def run(capsys, *args):
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:  # argparse usage errors
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, *args)
 
 
 def cli(*args, **kwargs):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DEV, TINY
+from conftest import DEV, TINY, run_cli
 from liif_jax.cli import main
 from liif_jax.errors import ImageError, RequestError
 
@@ -21,12 +21,7 @@ TINY_W = ["--weights", str(TINY / "tiny-liif.pth")]
 
 
 def run(capsys, *args):
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:  # argparse usage errors
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, *args)
 
 
 def one_error_line(err: str, message: str) -> str:

@@ -9,24 +9,12 @@ import shutil
 
 import numpy as np
 import pytest
-import skimage.data
-from PIL import Image
 
 from liif_jax.configs import load_config
 from liif_jax.errors import CheckpointError, ImageError
 from liif_jax.train import checkpoint as ckpt
 from liif_jax.train.loop import train
 from liif_jax.weights import flat_params
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    root = tmp_path_factory.mktemp("photos")
-    sources = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(),
-               skimage.data.rocket(), skimage.data.astronaut()[200:]]
-    for i, img in enumerate(sources):
-        Image.fromarray(img[:80, :112]).save(root / f"p{i}.png")
-    return root
 
 
 def tiny(**changes):

@@ -13,7 +13,6 @@ import time
 import jax
 import numpy as np
 import pytest
-import skimage.data
 from PIL import Image
 
 from conftest import TINY
@@ -26,17 +25,6 @@ from liif_jax.train.step import init_params, l1_loss, step_decay_schedule
 from liif_jax.weights import flat_params, load_model
 
 CLI = [sys.executable, "-m", "liif_jax"]
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """Five small HR photos (>= 64 px: the tiny config's largest crop is 16 x 4)."""
-    root = tmp_path_factory.mktemp("photos")
-    sources = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(),
-               skimage.data.rocket(), skimage.data.astronaut()[200:]]
-    for i, img in enumerate(sources):
-        Image.fromarray(img[:80, :112]).save(root / f"p{i}.png")
-    return root
 
 
 def tiny(**changes) -> TrainConfig:
