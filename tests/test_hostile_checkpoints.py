@@ -236,8 +236,11 @@ def _huge_spec(n_resblocks=20000, n_feats=64):
 def _weights_file(spec, tensors=None) -> bytes:
     from safetensors.numpy import save
 
-    return save(tensors or {}, metadata={"format": "liif-jax-weights", "format_version": "1",
-                                          "spec": json.dumps(spec)})
+    # One real parameter, never none: safetensors 0.4.3 (the lowest we admit) writes a broken
+    # JSON header for an empty file.
+    tensors = tensors or {"imnet/dense_0/bias": np.zeros(256, np.float32)}
+    return save(tensors, metadata={"format": "liif-jax-weights", "format_version": "1",
+                                   "spec": json.dumps(spec)})
 
 
 def _train_checkpoint(tmp_path, spec):
