@@ -61,7 +61,8 @@ renders only part of the result, with the coordinates of the full render.
 Precision: float32 reproduces the authors' model (the default on CPU); bfloat16 runs the
 decoder (most of the work) in bfloat16, within 2/255 of it (the default on GPU/TPU). On a
 CPU, bfloat16 pays where the CPU has native bfloat16 dot products (AVX512_BF16 or AMX: recent
-Xeon and EPYC, measured 1.7x here); elsewhere it is emulated and gains little or nothing.
+Xeon and EPYC; measured 1.35-1.74x end to end on a 2-core AVX512_BF16 EPYC); elsewhere it
+is emulated and we have not measured it.
 
 EXIF orientation is applied; ICC profile, EXIF and DPI are carried to the output where the
 format allows. Gray images stay gray. Alpha is upscaled too (its own LIIF pass; transparent
