@@ -294,8 +294,8 @@ def _add_precision_argument(procedure, flags):
         choice.add(value, i, label, "")
     procedure.add_choice_argument(
         "precision", "_Precision",
-        "Exact (float32) matches the authors' model; fast (bfloat16) is within 2/255 of it "
-        "and much faster on GPUs and on CPUs with native bfloat16 (AVX512_BF16, AMX)",
+        "Exact (float32) matches the authors' model; fast (bfloat16) is within 2/255 of it, "
+        "the default on GPU/TPU, and faster on CPUs with native bfloat16 (AVX512_BF16, AMX)",
         choice, "auto", flags)
 
 
