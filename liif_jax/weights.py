@@ -80,17 +80,8 @@ def expected_param_shapes(module) -> dict[str, tuple]:
 
 def check_params(module, flat_params: dict[str, np.ndarray], where: str) -> None:
     """``check_param_shapes`` against a built module (traces it: for tests, not loaders)."""
-    expected = expected_param_shapes(module)
-    missing = sorted(set(expected) - set(flat_params))
-    unexpected = sorted(set(flat_params) - set(expected))
-    if missing:
-        raise CheckpointError(f"{where} is missing {len(missing)} parameter(s), e.g. {missing[0]}")
-    if unexpected:
-        raise CheckpointError(f"{where} has {len(unexpected)} unexpected parameter(s), e.g. {unexpected[0]}")
-    for name, shape in expected.items():
-        got = tuple(np.shape(flat_params[name]))
-        if got != shape:
-            raise CheckpointError(f"{where}: parameter {name} has shape {got}, the spec needs {shape}")
+    shapes = {name: tuple(np.shape(value)) for name, value in flat_params.items()}
+    _compare_shapes(expected_param_shapes(module), shapes, where)
 
 
 def check_param_shapes(spec: dict, shapes: dict[str, tuple], where: str) -> None:
@@ -99,7 +90,11 @@ def check_param_shapes(spec: dict, shapes: dict[str, tuple], where: str) -> None
     read or allocate any tensor; the expected shapes come from the spec without tracing."""
     from liif_jax.models.shapes import param_shapes
 
-    expected = param_shapes(spec)
+    _compare_shapes(param_shapes(spec), shapes, where)
+
+
+def _compare_shapes(expected: dict[str, tuple], shapes: dict[str, tuple], where: str) -> None:
+    """The one comparison of names and shapes; CheckpointError naming the first difference."""
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
     if missing:
