@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from liif_jax.errors import RequestError
-from liif_jax.imageio import LUMA, as_float_image
+from liif_jax.imageio import LUMA, FloatImage, as_float_image
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
+    from PIL import Image
+
+    from liif_jax.weights import LiifModel
 
 # Refuse outputs larger than this many pixels unless the caller raises the limit: a typo such
 # as --scale 400 should fail in a second, not exhaust memory after minutes.
@@ -21,7 +29,7 @@ _default_model = None
 _default_lock = threading.Lock()
 
 
-def default_model():
+def default_model() -> LiifModel:
     """The bundled EDSR-baseline-LIIF, loaded once per process on first use."""
     global _default_model
     with _default_lock:
@@ -32,7 +40,7 @@ def default_model():
         return _default_model
 
 
-def _positive_finite(value, name: str) -> float:
+def _positive_finite(value: object, name: str) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -42,12 +50,14 @@ def _positive_finite(value, name: str) -> float:
     return value
 
 
-def scaled_length(n: int, scale: float) -> int:
+def scaled_length(n: float, scale: float) -> int:
     """Output length of an axis of ``n`` pixels at ``scale``: floor(n * s + 0.5), at least 1."""
     return max(1, int(math.floor(n * scale + 0.5)))
 
 
-def output_size(in_hw, *, scale=None, size=None, width=None, height=None) -> tuple[int, int]:
+def output_size(in_hw: tuple[float, float], *, scale: float | tuple[float, float] | None = None,
+                size: tuple[int, int] | None = None, width: int | None = None,
+                height: int | None = None) -> tuple[int, int]:
     """The output (H, W) for an input of (h, w) pixels.
 
     Exactly one way of asking: ``scale`` (s or (sx, sy)); ``size`` = (width, height); or
@@ -80,7 +90,7 @@ def output_size(in_hw, *, scale=None, size=None, width=None, height=None) -> tup
     return height, scaled_length(w, height / h)
 
 
-def _whole(value, name: str) -> int:
+def _whole(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -91,7 +101,8 @@ def _whole(value, name: str) -> int:
     return int(value)
 
 
-def check_pixel_limit(out_hw, max_pixels) -> None:
+def check_pixel_limit(out_hw: tuple[int, int], max_pixels: int | None) -> None:
+    """Refuse (RequestError) an output of more than ``max_pixels`` pixels (None or 0: no limit)."""
     if max_pixels and out_hw[0] * out_hw[1] > max_pixels:
         raise RequestError(
             f"output {out_hw[1]}x{out_hw[0]} has {out_hw[0] * out_hw[1]:,} pixels, over the "
@@ -99,7 +110,8 @@ def check_pixel_limit(out_hw, max_pixels) -> None:
         )
 
 
-def parse_region(region, in_hw):
+def parse_region(region: tuple[float, float, float, float] | None,
+                 in_hw: tuple[int, int]) -> tuple[float, float, float, float] | None:
     """Validate ``region`` = (x, y, w, h) in input pixels (fractional allowed)."""
     if region is None:
         return None
@@ -118,7 +130,10 @@ def parse_region(region, in_hw):
     return x, y, w, h
 
 
-def plan_output(in_hw, *, scale=None, size=None, width=None, height=None, region=None):
+def plan_output(in_hw: tuple[int, int], *, scale: float | tuple[float, float] | None = None,
+                size: tuple[int, int] | None = None, width: int | None = None, height: int | None = None,
+                region: tuple[float, float, float, float] | None = None,
+                ) -> tuple[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]]:
     """Output (H, W) and the render window for a request.
 
     Without ``region`` the window is the whole image. With it, only the region is rendered,
@@ -155,15 +170,22 @@ def plan_output(in_hw, *, scale=None, size=None, width=None, height=None, region
     return out_hw, window
 
 
-def upscale(image, *, scale=None, size=None, model=None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-            progress=None, region=None, tile=None, max_memory=None, precision=None,
-            dtype=np.float32) -> np.ndarray:
+def upscale(image: np.ndarray | Image.Image | str | os.PathLike[str], *,
+            scale: float | tuple[float, float] | None = None, size: tuple[int, int] | None = None,
+            model: LiifModel | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+            progress: Callable[[int, int], bool | None] | None = None,
+            region: tuple[float, float, float, float] | None = None, tile: int | None = None,
+            max_memory: int | None = None, precision: str | None = None,
+            dtype: DTypeLike = np.float32) -> np.ndarray:
     """Upscale (or resample to any size) an image with LIIF.
 
-    ``image``: a uint8/uint16/float array ((h, w) gray or (h, w, 3) RGB; float in [0, 1]) or a
-    PIL image. Give ``scale`` (s, or a pair (sx, sy)) or ``size`` = (width, height); a scale
-    gives floor(n * s + 0.5) pixels per axis, at least 1. ``model``: from ``load_model()``
-    (default: the bundled EDSR-baseline-LIIF).
+    ``image``: a uint8/uint16/float array ((h, w) gray or (h, w, 3) RGB; float in [0, 1]), a
+    PIL image (its EXIF orientation applied, as when the CLI reads a file), or the path of an
+    image file (str or os.PathLike), read exactly as the CLI reads it (``imageio.read_input``:
+    EXIF orientation applied, 16-bit files at full precision; a missing or bad file is an
+    ``ImageError`` with a one-line message). Give ``scale`` (s, or a pair (sx, sy)) or
+    ``size`` = (width, height); a scale gives floor(n * s + 0.5) pixels per axis, at least 1.
+    ``model``: from ``load_model()`` (default: the bundled EDSR-baseline-LIIF).
 
     Options (each is also a CLI flag):
     ``region`` (x, y, w, h) in input pixels: render only that window of the full result
@@ -181,7 +203,7 @@ def upscale(image, *, scale=None, size=None, model=None, max_pixels: int | None 
     """
     from liif_jax import engine
 
-    img = as_float_image(image)
+    img = _as_image(image)
     out_hw, window = plan_output(img.pixels.shape[:2], scale=scale, size=size, region=region)
     check_pixel_limit(out_hw, max_pixels)
     model = model if model is not None else default_model()
@@ -225,7 +247,30 @@ def upscale(image, *, scale=None, size=None, model=None, max_pixels: int | None 
     return out
 
 
-def _is_integer_rgb(image) -> bool:
+def _as_image(image: object) -> FloatImage:
+    """``upscale``'s input as a FloatImage. A path is read as the CLI reads a file; a PIL image
+    gets the EXIF orientation that reading its file would have applied (Pillow's
+    ``exif_transpose``, the function ``imageio`` reads files with)."""
+    if isinstance(image, (str, os.PathLike)):
+        from liif_jax.imageio import read_input
+
+        return read_input(image)[0]
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:  # pragma: no cover - Pillow is a core dependency
+        return as_float_image(image)
+    if isinstance(image, Image.Image):
+        from liif_jax.imageio import _orientation
+
+        if _orientation(image) != 1:
+            try:
+                image = ImageOps.exif_transpose(image)
+            except Exception:  # noqa: BLE001 - a damaged EXIF block must not stop an upscale (as on read)
+                pass
+    return as_float_image(image)
+
+
+def _is_integer_rgb(image: object) -> bool:
     return (isinstance(image, np.ndarray) and image.dtype.kind == "u" and image.dtype.itemsize <= 2
             and image.ndim == 3 and image.shape[2] == 3)
 

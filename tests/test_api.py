@@ -151,3 +151,74 @@ def test_pixel_limit(tiny_model):
         liif_jax.upscale(np.zeros((4, 4, 3), np.uint8), scale=3, model=tiny_model, max_pixels=100)
     out = liif_jax.upscale(np.zeros((4, 4, 3), np.uint8), scale=3, model=tiny_model, max_pixels=None)
     assert out.shape == (12, 12, 3)
+
+
+# ---------------------------------------------------------------- files and EXIF, as the CLI reads them
+
+def _rotated_jpeg(path):
+    """A 12x8 JPEG whose EXIF says: rotate 90 degrees clockwise to display (orientation 6)."""
+    pixels = np.random.default_rng(3).integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(path, quality=95, exif=exif.tobytes())
+    return path
+
+
+def test_a_pil_image_gets_its_exif_orientation_as_the_cli_does(tiny_model, tmp_path, capsys):
+    from conftest import TINY, run_cli
+
+    src = _rotated_jpeg(tmp_path / "rotated.jpg")
+    code, _, err = run_cli(capsys, "upscale", src, tmp_path / "cli.npy", "--scale", "2",
+                           "--weights", TINY / "tiny-liif.pth", "--quiet")
+    assert code == 0, err
+    cli = np.load(tmp_path / "cli.npy")
+    with Image.open(src) as img:
+        assert img.size == (12, 8)  # stored landscape, displayed portrait
+        out = liif_jax.upscale(img, scale=2, model=tiny_model)
+    assert out.shape == cli.shape == (24, 16, 3)
+    assert np.array_equal(out, cli)
+
+
+def test_a_path_is_read_as_the_cli_reads_it(tiny_model, tmp_path):
+    from pathlib import Path
+
+    from liif_jax.imageio import read_input
+
+    src = _rotated_jpeg(tmp_path / "rotated.jpg")
+    loaded, _ = read_input(src)
+    expected = liif_jax.upscale(loaded.pixels, scale=2, model=tiny_model)
+    for given in (str(src), Path(src)):
+        out = liif_jax.upscale(given, scale=2, model=tiny_model)
+        assert out.shape == (24, 16, 3) and np.array_equal(out, expected)
+    # a 16-bit RGB file keeps its precision, as in the CLI (Pillow alone would cut it to 8 bits)
+    import png
+
+    deep = tmp_path / "deep.png"
+    u16 = np.random.default_rng(4).integers(0, 65536, (6, 5, 3), dtype=np.uint16)
+    png.from_array(u16.reshape(6, 15), "RGB;16").save(str(deep))
+    out = liif_jax.upscale(deep, scale=2, model=tiny_model)
+    assert np.array_equal(out, liif_jax.upscale(u16, scale=2, model=tiny_model))
+
+
+def test_a_missing_path_is_a_one_line_image_error(tmp_path):
+    with pytest.raises(ImageError) as info:
+        liif_jax.upscale(tmp_path / "nowhere.png", scale=2)
+    assert "input not found" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ImageError, match="folder"):
+        liif_jax.upscale(str(tmp_path), scale=2)
+
+
+def test_the_public_api_has_type_hints():
+    import inspect
+    import typing
+
+    from liif_jax import api
+
+    for name in ("upscale", "output_size", "plan_output", "parse_region", "check_pixel_limit",
+                 "scaled_length", "default_model", "bleed_colour"):
+        signature = inspect.signature(getattr(api, name))
+        missing = [p for p, v in signature.parameters.items() if v.annotation is inspect.Parameter.empty]
+        assert not missing and signature.return_annotation is not inspect.Signature.empty, (name, missing)
+    hints = typing.get_type_hints(api.upscale, localns={"LiifModel": object, "DTypeLike": object,
+                                                        "Image": __import__("PIL.Image").Image})
+    assert "image" in hints and hints["return"] is np.ndarray
