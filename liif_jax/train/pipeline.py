@@ -88,7 +88,12 @@ class QueryGeometry:
 
         step, made = element
         stack = {k: np.stack([it[k] for it in made]) for k in made[0]}
-        return step, tuple(make_batch(stack["inp"], stack["coord"], stack["cell"], stack["gt"]))
+        batch = make_batch(stack["inp"], stack["coord"], stack["cell"], stack["gt"])
+        # C-contiguous arrays travel from grain's worker processes in shared memory; any
+        # other array is pickled through the worker's pipe, which is slow and, when the loader
+        # closes with batches in flight, blocks each worker until grain kills it (25 s each,
+        # and the killed worker's shared memory leaks).
+        return step, tuple(np.ascontiguousarray(x) for x in batch)
 
 
 def _absl_flags_parsed():
