@@ -3,9 +3,10 @@
 Python 2.7). Standard library only, in the common subset of Python 2.7 and 3.
 
     client = BridgeClient.from_config(os.path.dirname(__file__))
-    width, height, payload = client.upscale(w, h, "RGBA", "u8", raw_bytes, scale=2.0,
-                                            progress=lambda fraction: ...,
-                                            cancelled=lambda: False)
+    result = client.upscale(w, h, "RGBA", "u8", raw_bytes, scale=2.0,
+                            progress=lambda fraction: ..., cancelled=lambda: False)
+    # result.data: result.width x result.height pixels, RGBA u8 as sent; also result.compute_s
+    # (the worker's seconds) and result.channel ("server" or "subprocess")
 
 It first connects to a warm ``liif-jax serve``, starting one in the background if none
 runs, and falls back to spawning ``liif-jax bridge`` with pipes. With ``"start_server":
@@ -25,6 +26,7 @@ Where liif-jax lives: ``$LIIF_JAX_PYTHON`` (an interpreter with liif-jax install
 """
 
 import binascii
+import collections
 import json
 import os
 import subprocess
@@ -38,8 +40,18 @@ SERVER_START_TIMEOUT_S = 90.0
 ENDPOINT_NAME = "endpoint.json"
 CHUNK = 1 << 20  # bytes per message on a multiprocessing connection
 HANDSHAKE_TIMEOUT_S = 10.0
-INSTALL_HINT = ("install it with 'pip install liif-jax' (or from its source folder) and run "
-                "'liif-jax gimp install'")
+INSTALL_HINT = ("install it from its source folder (a clone of liif-jax) with 'pip install .' "
+                "and run 'liif-jax gimp install'")
+
+
+# What ``BridgeClient.upscale`` returns. A tuple, so ``w, h, data, compute_s, channel = ...``
+# (the order of the fields) keeps working; new code reads the fields by name:
+#   width, height  the output's size in pixels
+#   data           its pixels: bytes in the request's channels and format, row by row
+#   compute_s      seconds the worker spent computing (no transport, no start-up)
+#   channel        how the worker was reached: "server" (a warm liif-jax serve) or
+#                  "subprocess" (a one-off liif-jax bridge)
+UpscaleResult = collections.namedtuple("UpscaleResult", ["width", "height", "data", "compute_s", "channel"])
 
 
 class BridgeError(Exception):
@@ -466,7 +478,7 @@ class BridgeClient(object):
     # -------------------------------------------------------------- the call
     def upscale(self, width, height, channels, fmt, payload, scale=None, size=None, region=None,
                 progress=None, cancelled=None, status=None, precision=None):
-        """Send one image; return (width, height, payload, compute seconds, channel kind).
+        """Send one image; return an ``UpscaleResult`` (width, height, data, compute_s, channel).
         ``progress(fraction)``, ``cancelled() -> bool`` and ``status(text)`` are optional.
         ``precision``: "float32" (exact), "bfloat16" (fast), or None/"auto" (the worker's
         backend decides: float32 on CPU, bfloat16 on GPU/TPU)."""
@@ -519,7 +531,8 @@ class BridgeClient(object):
                     if len(data) != event["bytes"]:
                         raise BridgeError("liif-jax worker sent a short result")
                     _log_timing(started, event, channel.kind)
-                    return event["width"], event["height"], data, event.get("compute_s", 0.0), channel.kind
+                    return UpscaleResult(event["width"], event["height"], data,
+                                         event.get("compute_s", 0.0), channel.kind)
                 if kind == "error":
                     if event.get("code") == "cancelled":
                         raise Cancelled("cancelled")
@@ -575,11 +588,10 @@ def compute_layers(host, image, client, sources, sizes, precision, box=None):
             def progress(fraction, i=i):
                 host.progress_update((i + fraction) / float(len(sources)))
 
-            rw, rh, out, _, _ = client.upscale(w, h, channels, fmt, data, size=tuple(size),
-                                               precision=precision, progress=progress,
-                                               status=host.progress_text)
-            _check_size((rw, rh), size, "liif-jax returned")
-            results.append(out)
+            result = client.upscale(w, h, channels, fmt, data, size=tuple(size), precision=precision,
+                                    progress=progress, status=host.progress_text)
+            _check_size((result.width, result.height), size, "liif-jax returned")
+            results.append(result.data)
     finally:
         host.progress_end()
     return results

@@ -119,10 +119,9 @@ def test_subprocess_fallback_round_trip_with_weights(tiny_model):
     client = client_mod.BridgeClient(sys.executable, weights=str(TINY / "tiny-liif.pth"), start_server=False)
     pixels = rgba_u8()
     seen = []
-    w, h, data, compute_s, kind = client.upscale(12, 10, "RGBA", "u8", pixels.tobytes(), scale=2.0,
-                                                 progress=seen.append)
-    assert (w, h, kind) == (24, 20, "subprocess") and compute_s > 0
-    out = np.frombuffer(data, np.uint8).reshape(20, 24, 4)
+    result = client.upscale(12, 10, "RGBA", "u8", pixels.tobytes(), scale=2.0, progress=seen.append)
+    assert (result.width, result.height, result.channel) == (24, 20, "subprocess") and result.compute_s > 0
+    out = np.frombuffer(result.data, np.uint8).reshape(20, 24, 4)
     expected = liif_jax.upscale(pixels, scale=2.0, model=tiny_model, dtype=np.uint8)
     assert np.abs(out.astype(int) - expected).max() <= 1
     assert seen and seen[-1] == 1.0
@@ -141,7 +140,7 @@ def test_worker_errors_become_bridge_errors(tmp_path):
 
 def test_missing_setup_says_what_to_run(tmp_path, monkeypatch):
     monkeypatch.delenv("LIIF_JAX_PYTHON", raising=False)
-    with pytest.raises(client_mod.BridgeError, match="pip install liif-jax.*liif-jax gimp install"):
+    with pytest.raises(client_mod.BridgeError, match=r"clone of liif-jax.*'pip install \.'.*liif-jax gimp install"):
         client_mod.BridgeClient.from_config(str(tmp_path))
     (tmp_path / client_mod.CONFIG_NAME).write_text('{"python": "/nowhere/python"}')
     with pytest.raises(client_mod.BridgeError, match="/nowhere/python does not exist"):
@@ -268,3 +267,44 @@ def test_dialog_texts_say_the_result_size_the_aspect_rule_and_the_weights(tmp_pa
     assert "bundled EDSR-baseline" in client_mod.weights_text(str(tmp_path))  # no config: bundled
     (tmp_path / "liif_jax_gimp.json").write_text(json.dumps({"python": "p", "weights": "/w/rdn-liif.pth"}))
     assert client_mod.weights_text(str(tmp_path)) == "Weights: /w/rdn-liif.pth"
+
+
+def test_upscale_returns_named_fields_that_still_unpack_as_a_tuple(monkeypatch):
+    """``client.upscale`` returns an UpscaleResult: fields by name, and the 5-tuple order
+    (width, height, data, compute_s, channel) for callers that unpack it."""
+    class Channel:
+        kind = "fake"
+        wfile = io.BytesIO()
+
+        def __init__(self):
+            self.rfile = io.BytesIO(b'{"liif":1,"event":"result","id":1,"width":2,"height":1,"channels":"RGB",'
+                                    b'"format":"u8","bytes":6,"compute_s":0.25}\n' + bytes(range(6)))
+
+        def failure(self):
+            return "fake channel"
+
+        def close(self):
+            pass
+
+    client = client_mod.BridgeClient(sys.executable)
+    monkeypatch.setattr(client, "_connect", lambda status: Channel())
+    result = client.upscale(1, 1, "RGB", "u8", bytes(3), scale=2.0)
+    assert isinstance(result, client_mod.UpscaleResult) and isinstance(result, tuple)
+    assert (result.width, result.height, result.data, result.compute_s, result.channel) == \
+        (2, 1, bytes(range(6)), 0.25, "fake")
+    w, h, data, compute_s, channel = result
+    assert (w, h, data, compute_s, channel) == tuple(result) and result[4] == "fake"
+    assert client_mod.UpscaleResult._fields == ("width", "height", "data", "compute_s", "channel")
+
+
+def test_the_named_result_works_in_python_27():
+    from test_bridge_transport import _other_pythons
+
+    pythons = [p for p in _other_pythons() if "python2" in os.path.basename(p)]
+    if not pythons:
+        pytest.skip("no python2.7 on PATH")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import liif_bridge_client as c; "
+            "r = c.UpscaleResult(4, 3, b'x', 0.5, 'server'); w, h, d, s, k = r; "
+            "print('%d %d %s %s' % (r.width, r.height, r.channel, (w, h, k) == (4, 3, 'server')))")
+    proc = subprocess.run([pythons[0], "-c", code, str(REPO / "gimp_plugin")], capture_output=True, text=True)
+    assert proc.stdout.split() == ["4", "3", "server", "True"], proc.stderr
