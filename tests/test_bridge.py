@@ -2,11 +2,11 @@
 input, cancellation, and a long session."""
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -186,6 +186,7 @@ def test_short_payload_at_end_of_stream(bridge):
 
 
 def _start_long_job(bridge):
+    """A 2880 x 2880 job (seconds of work, hundreds of chunks), seen running."""
     header, payload = request(sample("RGB", "u8", 48, 48), "u8", "RGB", scale=60, id="long",
                               max_pixels=0)
     bridge.send(header, payload)
@@ -194,44 +195,56 @@ def _start_long_job(bridge):
     return first
 
 
+def _stopped_part_way(events):
+    """The job's events end in "cancelled", and no report reached the end: the worker stopped
+    at a chunk boundary before the last chunk (a finished job reports done == total)."""
+    assert events and events[-1]["event"] == "error" and events[-1]["code"] == "cancelled", events[-3:]
+    progress = events[:-1]
+    assert all(e["event"] == "progress" and e["done"] < e["total"] == 2880 * 2880 for e in progress), progress[-3:]
+
+
+def _events_to_the_end(bridge):
+    """Every event the worker wrote before it exited (read once it has exited)."""
+    return [json.loads(line) for line in bridge.proc.stdout.read().splitlines()]
+
+
 def test_cancel_message_stops_the_job_and_the_worker_goes_on(bridge):
-    _start_long_job(bridge)
-    start = time.monotonic()
+    first = _start_long_job(bridge)
     bridge.send({"op": "cancel"})
-    error = bridge.final()
-    assert error["event"] == "error" and error["code"] == "cancelled" and error["id"] == "long"
-    assert time.monotonic() - start < 10
+    events = [first]
+    while events[-1]["event"] == "progress":
+        events.append(bridge.event())
+    _stopped_part_way(events)
+    assert events[-1]["id"] == "long"
     header, payload = request(sample("GRAY", "u8"), "u8", "GRAY", size=[20, 10])
     bridge.send(header, payload)
     result = bridge.final()
     assert result["event"] == "result" and (result["width"], result["height"]) == (20, 10)
 
 
-def test_closing_stdin_cancels_promptly(bridge):
-    _start_long_job(bridge)
-    start = time.monotonic()
+def test_closing_stdin_cancels_the_job_and_ends_the_worker(bridge):
+    first = _start_long_job(bridge)
     bridge.proc.stdin.close()
-    assert bridge.proc.wait(timeout=30) == 0
-    assert time.monotonic() - start < 10
+    assert bridge.proc.wait(timeout=120) == 0  # (a guard against a hang only)
+    _stopped_part_way([first, *_events_to_the_end(bridge)])
 
 
-def test_sigterm_cancels_promptly(bridge):
-    _start_long_job(bridge)
-    start = time.monotonic()
+def test_sigterm_cancels_the_job_and_ends_the_worker(bridge):
+    first = _start_long_job(bridge)
     bridge.proc.send_signal(signal.SIGTERM)
-    bridge.proc.wait(timeout=30)
-    assert time.monotonic() - start < 10
+    assert bridge.proc.wait(timeout=120) == 0  # (a guard against a hang only)
+    _stopped_part_way([first, *_events_to_the_end(bridge)])
 
 
 def test_twenty_requests_in_a_row_one_model_load(bridge):
-    times = []
     for i in range(20):
-        header, payload = request(sample("RGBA", "u8", 9 + i % 3, 11, seed=i), "u8", "RGBA",
-                                  scale=1.5 + i / 10, id=i)
+        w, scale = 11, 1.5 + i / 10
+        header, payload = request(sample("RGBA", "u8", 9 + i % 3, w, seed=i), "u8", "RGBA", scale=scale, id=i)
         bridge.send(header, payload)
         result = bridge.final()
         assert result["event"] == "result" and result["id"] == i
-        times.append(result["compute_s"])
+        size = (math.floor(w * scale + 0.5), math.floor((9 + i % 3) * scale + 0.5))
+        assert (result["width"], result["height"]) == size and len(result["payload"]) == size[0] * size[1] * 4
     bridge.send({"op": "ping"})
     assert bridge.event()["model"] == "tiny-liif.pth"
     bridge.send({"op": "quit"})
@@ -262,7 +275,7 @@ def test_sigterm_while_idle_exits_promptly_every_time():
             b.send({"op": "ping"})
             assert b.event()["event"] == "pong"  # now idle in its queue
             b.proc.send_signal(signal.SIGTERM)
-            assert b.proc.wait(timeout=10) == 0
+            assert b.proc.wait(timeout=60) == 0  # (the deadlock hung forever; the bound only ends the test)
         finally:
             if b.proc.poll() is None:
                 b.proc.kill()
@@ -277,8 +290,9 @@ def test_client_close_after_success_does_not_hang(tiny_model):
     _sys.path.insert(0, str(REPO / "gimp_plugin"))
     import liif_bridge_client
 
+    from test_bridge_transport import within
+
     client = liif_bridge_client.BridgeClient(_sys.executable, weights=TINY_PTH, start_server=False)
-    start = time.monotonic()
-    for _ in range(3):
-        client.upscale(12, 10, "RGB", "u8", bytes(360), scale=2.0)
-    assert time.monotonic() - start < 120
+    for _ in range(3):  # each call returns (within a generous bound: a guard against a hang only)
+        w, h, data, _, kind = within(120, lambda: client.upscale(12, 10, "RGB", "u8", bytes(360), scale=2.0))
+        assert (w, h, len(data), kind) == (24, 20, 24 * 20 * 3, "subprocess")

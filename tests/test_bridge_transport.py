@@ -242,12 +242,14 @@ def test_idle_timeout_counts_from_the_last_connection(transport_name):
         time.sleep(4)
         assert proc.poll() is None
         assert ping(channel)["event"] == "pong"
-        channel.close()
-        # ... and once the last one closes, it exits on its own, cleaning up after itself.
+        # ... and once the last one closes, it exits on its own, cleaning up after itself: not
+        # at once (the 1.5 s count only starts now; load can only make it later), and the exit
+        # is the idle one. The wait's bound only guards against a hang.
         closed = time.monotonic()
-        assert proc.wait(timeout=30) == 0
-        assert 1.0 < time.monotonic() - closed < 10
-        assert "idle, exiting" in env.log.read_text()
+        channel.close()
+        assert proc.wait(timeout=120) == 0
+        assert time.monotonic() - closed >= 1.5
+        assert env.log.read_text().count("idle, exiting") == 1
         assert not address.exists() and not env.endpoint.exists()
     finally:
         env.cleanup()
@@ -318,25 +320,67 @@ def test_clients_under_other_pythons_authenticate_and_get_the_same_pixels(conn_e
 
 def test_cancel_through_the_connection_transport(conn_env, monkeypatch):
     """The plug-in's cancel message reaches the worker through the connection transport."""
-    conn_env.start("--idle-timeout", "120")
     monkeypatch.setenv("LIIF_JAX_SOCKET", str(conn_env.socket))
     monkeypatch.setenv("LIIF_JAX_TRANSPORT", "connection")
+    server = conn_env.start("--idle-timeout", "120")
     client = client_mod.BridgeClient(sys.executable)
-    start = time.monotonic()
+    seen = []
+    # Cancelled is raised only on the worker's own "cancelled" answer: the job stopped there,
+    # part-way (no progress report reached the end).
     with pytest.raises(client_mod.Cancelled):
-        client.upscale(48, 48, "RGBA", "u8", bytes(48 * 48 * 4), scale=80.0, cancelled=lambda: True)
-    assert time.monotonic() - start < 30
+        client.upscale(48, 48, "RGBA", "u8", bytes(48 * 48 * 4), scale=80.0, progress=seen.append,
+                       cancelled=lambda: True)
+    assert seen and max(seen) < 1.0
     assert client.last_channel == "server"
-    # The same server serves the next request at once.
-    t = time.monotonic()
+    # The same server serves the next request.
     assert client.upscale(12, 10, "RGB", "u8", bytes(360), scale=2.0)[4] == "server"
-    assert time.monotonic() - t < 10
+    assert conn_env.server_pids() == [server.pid]
 
 
-def test_killed_client_stops_the_job_on_the_server(conn_env):
+def test_killed_client_stops_the_job_on_the_server(conn_env, monkeypatch):
     """What GIMP's Cancel does to a plug-in (it kills the process): the connection drops and
-    the server stops computing at once instead of finishing a job nobody will read."""
-    proc = conn_env.start("--idle-timeout", "120")
+    the server stops the job at a chunk boundary instead of finishing a job nobody will read.
+    The server runs on a thread of this test, so the job itself is watched (the library's
+    upscale wrapped): how it ended and how far it got -- events, not CPU seconds."""
+    import io
+
+    import liif_jax.api
+    from liif_jax.bridge.server import serve
+    from liif_jax.engine import Cancelled
+
+    real_upscale = liif_jax.api.upscale
+    job = {"done": [], "outcome": None}
+    ended = threading.Event()
+
+    def watched(*args, progress=None, **kwargs):
+        if progress is None:  # the server's warm-up
+            return real_upscale(*args, **kwargs)
+
+        def watch(done, total):
+            job["done"].append((done, total))
+            return progress(done, total)
+
+        try:
+            out = real_upscale(*args, progress=watch, **kwargs)
+            job["outcome"] = "finished"
+            return out
+        except BaseException as exc:
+            job["outcome"] = exc
+            raise
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(liif_jax.api, "upscale", watched)
+    stop, log, box = threading.Event(), io.StringIO(), {}
+    server = threading.Thread(target=lambda: box.update(code=serve(
+        TINY_PTH, idle_timeout=120, path=conn_env.socket, log=log, transport="connection", stop=stop)), daemon=True)
+    server.start()
+    probe = transport.make_transport("connection", conn_env.socket)
+    deadline = time.monotonic() + 120  # (a guard against a hang only)
+    while not probe.running():
+        assert server.is_alive(), log.getvalue()
+        assert time.monotonic() < deadline, "the server did not come up"
+        time.sleep(0.1)
     script = conn_env.base / "long.py"
     script.write_text(
         "import sys\nsys.path.insert(0, sys.argv[1])\nimport liif_bridge_client as c\n"
@@ -347,27 +391,21 @@ def test_killed_client_stops_the_job_on_the_server(conn_env):
                               stdout=subprocess.PIPE, text=True)
     try:
         assert client.stdout.readline().startswith("progress")  # the job runs
-        busy = cpu_seconds(proc.pid, 1.0)
-        assert busy > 0.3  # and burns CPU (about 1-2 cores when the machine is free)
         client.kill()
         client.wait()
-        time.sleep(1.5)  # the chunk in flight finishes
-        assert cpu_seconds(proc.pid, 1.0) < min(0.1, busy / 3)  # then nothing
-        channel = conn_env.channel()
+        assert ended.wait(120), "the job neither stopped nor finished"  # (a guard against a hang only)
+        # Stopped at a progress call (a chunk boundary), by the cancel the dropped connection
+        # raised, or by the failed write of a progress event to it; never run to the end.
+        assert isinstance(job["outcome"], (Cancelled, OSError)), job["outcome"]
+        done, total = job["done"][-1]
+        assert total == 3840 * 3840 and done < total
+        channel = conn_env.channel()  # and the server goes on
         assert ping(channel)["event"] == "pong"
         channel.close()
     finally:
         if client.poll() is None:
             client.kill()
         client.stdout.close()
-
-
-def cpu_seconds(pid, window):
-    """CPU time (user + system) the process used during the next ``window`` seconds."""
-    def total():
-        fields = Path("/proc", str(pid), "stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    before = total()
-    time.sleep(window)
-    return total() - before
+        stop.set()
+        server.join(60)
+    assert not server.is_alive() and box["code"] == 0, log.getvalue()
