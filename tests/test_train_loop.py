@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY
+from conftest import TINY, run_cli
 from liif_jax.configs import TrainConfig, load_config
 from liif_jax.errors import CheckpointError, RequestError
 from liif_jax.train import checkpoint as ckpt
@@ -94,7 +94,8 @@ def test_adam_uses_the_schedule(photos):
     u1, state = opt.update(g, state, p)
     u2, state = opt.update(g, state, p)
     assert np.allclose(np.abs(u1["w"]), 1e-3, rtol=1e-4) and np.allclose(np.abs(u2["w"]), 5e-4, rtol=1e-4)
-    assert isinstance(optax.apply_updates(p, u1), dict)
+    # Adam's first step is lr against the gradient's sign, whatever its size.
+    assert np.allclose(optax.apply_updates(p, u1)["w"], [-1e-3, 1e-3, -1e-3], rtol=1e-4)
 
 
 def test_init_is_pytorchs_default_distribution():
@@ -274,7 +275,6 @@ def test_two_devices_train_like_one(photos, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     values = dict(line.split() for line in proc.stdout.splitlines() if line.startswith(("MAXDIFF", "LOSSDIFF")))
     assert float(values["MAXDIFF"]) <= 1e-6 and float(values["LOSSDIFF"]) <= 1e-6, proc.stdout
-    assert float(values["MAXDIFF"]) >= 0
 
 
 def test_batch_must_split_over_the_devices(photos, tmp_path):
@@ -305,7 +305,7 @@ def _wait_for(predicate, proc, timeout=120):
         time.sleep(0.05)
 
 
-def test_sigkill_mid_run_then_resume_reaches_the_same_params(photos, tmp_path, straight_run):
+def test_sigkill_mid_run_then_resume_reaches_the_same_params(photos, tmp_path, straight_run, capsys):
     """Checkpoint every step, SIGKILL at an arbitrary moment (often mid-save), resume: the
     run ends where the uninterrupted one does, bit for bit within 1e-7."""
     reference, _ = straight_run
@@ -328,7 +328,8 @@ def test_sigkill_mid_run_then_resume_reaches_the_same_params(photos, tmp_path, s
     assert f"resuming from step {killed_at}" in done.stdout
     assert not list((wd / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
     out = tmp_path / "final.safetensors"
-    assert subprocess.run(CLI + ["export", str(wd), str(out)], capture_output=True).returncode == 0
+    code, stdout, err = run_cli(capsys, "export", wd, out)
+    assert code == 0 and "after 20 training steps" in stdout, err
     assert same_params(load_model(out).params, reference.params, tol=1e-7)
 
 
@@ -348,34 +349,39 @@ def test_sigterm_saves_a_checkpoint_and_stops(photos, tmp_path, sig):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_export_loads_in_upscale_and_carries_provenance(photos, tmp_path, straight_run):
+def test_export_loads_in_upscale_and_carries_provenance(photos, tmp_path, straight_run, capsys):
     reference, wd = straight_run
     out = tmp_path / "trained.safetensors"
-    proc = subprocess.run(CLI + ["export", str(wd), str(out)], capture_output=True, text=True)
-    assert proc.returncode == 0 and "after 20 training steps" in proc.stdout, proc.stderr
+    code, stdout, err = run_cli(capsys, "export", wd, out)
+    assert code == 0 and "after 20 training steps" in stdout, err
     model = load_model(out)
     assert same_params(model.params, reference.params) and model.metadata["trained_steps"] == "20"
     up = tmp_path / "up.png"
-    proc = subprocess.run(CLI + ["upscale", str(photos / "p0.png"), str(up), "--scale", "2", "--weights", str(out), "-q"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    code, _, err = run_cli(capsys, "upscale", photos / "p0.png", up, "--scale", "2", "--weights", out, "-q")
+    assert code == 0, err
     assert Image.open(up).size == (224, 160)
-    # a single checkpoint file works too, and errors are one line
-    one = ckpt.list_checkpoints(wd)[0][1]
-    assert subprocess.run(CLI + ["export", str(one), str(tmp_path / "b.safetensors")]).returncode == 0
-    bad = subprocess.run(CLI + ["export", str(tmp_path), str(tmp_path / "c.safetensors")], capture_output=True, text=True)
-    assert bad.returncode != 0 and bad.stderr.startswith("liif-jax: error: no checkpoints")
+    # a single checkpoint file works too
+    step, one = ckpt.list_checkpoints(wd)[0]
+    code, stdout, err = run_cli(capsys, "export", one, tmp_path / "b.safetensors")
+    assert code == 0 and f"after {step} training steps" in stdout, err
+    # Errors are one line, through the real entry point (the export command's process-level
+    # check: no traceback ever).
+    bad = subprocess.run(CLI + ["export", str(tmp_path), str(tmp_path / "c.safetensors")], capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 1, bad.stderr
+    assert bad.stderr.startswith("liif-jax: error: no checkpoints") and bad.stderr.count("\n") == 1
+    assert not (tmp_path / "c.safetensors").exists()
 
 
-def test_fine_tune_of_the_bundled_weights_keeps_their_license(photos, tmp_path):
+def test_fine_tune_of_the_bundled_weights_keeps_their_license(photos, tmp_path, capsys):
     cfg = _config_file(tmp_path, model=load_config("paper").model, inp_size=16, sample_q=16,
                        batch_size=1, checkpoint_every=1)
     wd = tmp_path / "ft"
-    proc = subprocess.run(CLI + ["train", "--config", str(cfg), "--data", str(photos), "--workdir", str(wd),
-                                 "--steps", "1", "--init-from", "bundled", "-q"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    code, _, err = run_cli(capsys, "train", "--config", cfg, "--data", photos, "--workdir", wd,
+                           "--steps", "1", "--init-from", "bundled", "-q")
+    assert code == 0, err
     out = tmp_path / "ft.safetensors"
-    assert subprocess.run(CLI + ["export", str(wd), str(out)]).returncode == 0
+    assert run_cli(capsys, "export", wd, out)[0] == 0
     model = load_model(out)
     assert "BSD" in model.metadata["license"] and model.metadata["init_from"] == "bundled"
 
@@ -386,14 +392,14 @@ def test_fine_tune_of_the_bundled_weights_keeps_their_license(photos, tmp_path):
     (["--steps", "0"], "--steps must be >= 1"),
     (["--config", "paper"], "smaller than the largest crop (192 pixels)"),
 ])
-def test_train_cli_errors_are_one_line(photos, tmp_path, args, message):
+def test_train_cli_errors_are_one_line(photos, tmp_path, args, message, capsys):
     base = {"--config": "tiny", "--data": str(photos), "--workdir": str(tmp_path / "wd")}
     for k, v in zip(args[::2], args[1::2]):
         base[k] = v
     argv = [x for kv in base.items() for x in kv] + [a for a in args if a not in base and a not in base.values()]
-    proc = subprocess.run(CLI + ["train", *argv, "-q"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
-    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    code, _, err = run_cli(capsys, "train", *argv, "-q")
+    assert code != 0 and message in err, err
+    assert err.count("\n") == 1 and err.startswith("liif-jax: error: ") and "Traceback" not in err
 
 
 TWO_PROCESSES = """
