@@ -197,12 +197,12 @@ def _train(config, data, workdir, steps, init_from, val_data, devices, quiet, ec
     if config.batch_size % len(devices):
         raise RequestError(f"batch size {config.batch_size} does not split over {len(devices)} devices; "
                            f"use a multiple of {len(devices)}")
-    if lead:
-        workdir.mkdir(parents=True, exist_ok=True)
-        if not (workdir / "config.json").exists():
-            (workdir / "config.json").write_text(config.to_json() + "\n", encoding="utf-8")
-
+    # Every input is checked before the workdir is touched: a start that fails here (no images,
+    # too few for a batch, one unreadable or smaller than the largest crop, unreadable
+    # --init-from or --val-data) creates no workdir and leaves an existing one as it was.
     spec, module, params, run_meta = _initial_model(config, init_from)
+    dataset, per_epoch = _training_data(data, config)
+    pairs = validation_pairs(val_data, config.val_scales, config.val_max_images) if val_data else None
     optimizer = make_optimizer(config)
     params_template = jax.eval_shape(lambda: init_params(module, 0))
     opt_template = jax.eval_shape(optimizer.init, params_template)
@@ -211,9 +211,12 @@ def _train(config, data, workdir, steps, init_from, val_data, devices, quiet, ec
     checkpointer = None
     if lead:
         search = ckpt.find_latest(workdir, spec_json=spec_to_json(spec), params_template=params_template,
-                                  opt_template=opt_template)
+                                  opt_template=opt_template)  # reads only; a new workdir has none
         if search.restored is None and any(isinstance(s.error, ckpt.OtherModelError) for s in search.skipped):
             raise CheckpointError(f"{workdir} holds a run of a different model; use a new --workdir")
+        workdir.mkdir(parents=True, exist_ok=True)
+        if not (workdir / "config.json").exists():
+            (workdir / "config.json").write_text(config.to_json() + "\n", encoding="utf-8")
         checkpointer = ckpt.Checkpointer(workdir, config.keep_checkpoints)
         for skip in search.skipped:
             aside = f"; moved to {ckpt.SKIPPED_DIR}/" if skip.path.is_dir() else ""
@@ -250,23 +253,46 @@ def _train(config, data, workdir, steps, init_from, val_data, devices, quiet, ec
         data_state = json.loads(bytes(np.asarray(state_bytes)).rstrip(b"\0").decode() or "{}")
     result = TrainResult(step=start, params=None, resumed_from=resumed_from)
     try:
-        return _run(config, data, workdir, stop, val_data, devices, quiet, echo, stop_signals, lead, spec,
-                    module, params, opt_state, optimizer, run_meta, start, resumed_from, data_state, changed,
-                    notes, checkpointer, result)
+        return _run(config, dataset, per_epoch, pairs, workdir, stop, devices, quiet, echo, stop_signals, lead,
+                    spec, module, params, opt_state, optimizer, run_meta, start, resumed_from, data_state,
+                    changed, notes, checkpointer, result)
     finally:
         if checkpointer is not None:
             checkpointer.close()  # waits for the last asynchronous save
 
 
-def _run(config, data, workdir, stop, val_data, devices, quiet, echo, stop_signals, lead, spec, module,
-         params, opt_state, optimizer, run_meta, start, resumed_from, data_state, changed, notes,
+def _training_data(data, config):
+    """(dataset, steps per epoch) of ``data``, checked now rather than hours into training: at
+    least one batch of items (images x ``repeat`` >= ``batch_size``), and every image readable
+    and at least as large as the largest crop (decoded now with the memory cache; with
+    ``cache = "none"`` sizes come from the headers and only doubtful files are decoded)."""
+    from liif_jax.imageio import header_size
+    from liif_jax.train.data import ImplicitDownsampled
+
+    dataset = ImplicitDownsampled.from_config(data, config)
+    per_epoch = dataset.steps_per_epoch(config.batch_size)
+    if per_epoch < 1:
+        raise RequestError(f"{len(dataset.files)} images x repeat {config.repeat} is fewer items than "
+                           f"one batch of {config.batch_size}")
+    if config.cache == "memory":
+        dataset.preload(config.loader_threads)
+    else:
+        crop = round(config.inp_size * config.scale_max)
+        for index, path in enumerate(dataset.files):
+            hw = header_size(path)
+            if hw is None or min(hw) < crop:
+                dataset.image(index)  # raises the one-line error that file deserves
+    return dataset, per_epoch
+
+
+def _run(config, dataset, per_epoch, pairs, workdir, stop, devices, quiet, echo, stop_signals, lead, spec,
+         module, params, opt_state, optimizer, run_meta, start, resumed_from, data_state, changed, notes,
          checkpointer, result):
     import jax
     from jax.sharding import Mesh
 
     from liif_jax.models.spec import spec_to_json
     from liif_jax.train import checkpoint as ckpt
-    from liif_jax.train.data import ImplicitDownsampled
     from liif_jax.train.pipeline import make_loader
     from liif_jax.train.step import data_shardings, make_train_step
     from liif_jax.weights import LiifModel
@@ -275,15 +301,6 @@ def _run(config, data, workdir, stop, val_data, devices, quiet, echo, stop_signa
         echo(f"already at step {start} (>= {stop}); nothing to do")
         result.params = _host(params)
         return result
-
-    dataset = ImplicitDownsampled.from_config(data, config)
-    if config.cache == "memory":
-        dataset.preload(config.loader_threads)
-    per_epoch = dataset.steps_per_epoch(config.batch_size)
-    if per_epoch < 1:
-        raise RequestError(f"{len(dataset.files)} images x repeat {config.repeat} is fewer items than "
-                           f"one batch of {config.batch_size}")
-    pairs = validation_pairs(val_data, config.val_scales, config.val_max_images) if val_data else None
 
     mesh = Mesh(np.array(devices), ("data",))
     replicated, split = data_shardings(mesh)
