@@ -8,7 +8,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -151,21 +150,21 @@ def test_missing_setup_says_what_to_run(tmp_path, monkeypatch):
 
 def test_cancel_through_the_subprocess():
     client = client_mod.BridgeClient(sys.executable, weights=str(TINY / "tiny-liif.pth"), start_server=False)
-    start = time.monotonic()
+    seen = []
+    # Cancelled comes only from the worker's own "cancelled" answer: the job stopped there,
+    # part-way (no progress report reached the end).
     with pytest.raises(client_mod.Cancelled):
         client.upscale(48, 48, "RGBA", "u8", rgba_u8(48, 48).tobytes(), scale=80.0,
-                       cancelled=lambda: True)
-    assert time.monotonic() - start < 60
+                       progress=seen.append, cancelled=lambda: True)
+    assert seen and max(seen) < 1.0
 
 
 def test_warm_server_started_on_first_use_then_reused(server_env, real_model):
     client = client_mod.BridgeClient(sys.executable)
     statuses = []
     pixels = rgba_u8(16, 16)
-    first = time.monotonic()
     w, h, data, _, kind = client.upscale(16, 16, "RGBA", "u8", pixels.tobytes(), scale=2.0,
                                          status=statuses.append)
-    first = time.monotonic() - first
     assert kind == "server" and (w, h) == (32, 32)
     assert any("Starting liif-jax" in s for s in statuses)
     assert stat.S_IMODE(os.stat(server_env.folder).st_mode) == 0o700
@@ -185,15 +184,17 @@ def test_warm_server_started_on_first_use_then_reused(server_env, real_model):
         assert not server_env.socket.exists()
     expected = liif_jax.upscale(pixels, scale=2.0, model=real_model, dtype=np.uint8)
     assert np.abs(np.frombuffer(data, np.uint8).reshape(32, 32, 4).astype(int) - expected).max() <= 1
-    # Twenty more in a row: no restart, no reload (each far faster than the first).
+    # Twenty more in a row: no restart, no reload -- all answered by the one server the first
+    # call started (one "listening" in the log it writes), never by a one-off worker.
+    server = server_env.server_pids()
+    assert len(server) == 1
     for i in range(20):
-        t = time.monotonic()
         _, _, _, _, kind = client.upscale(16, 16, "RGBA", "u8", rgba_u8(16, 16, i).tobytes(),
                                           scale=2.0, status=statuses.append)
         assert kind == "server"
-        assert time.monotonic() - t < first
     assert sum("Starting liif-jax" in s for s in statuses) == 1
-    assert len(server_env.server_pids()) == 1
+    assert server_env.server_pids() == server
+    assert server_env.log.read_text().count("listening at") == 1
 
 
 def test_two_clients_at_once(server_env):
