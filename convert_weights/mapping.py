@@ -4,6 +4,11 @@ Torch convolutions are OIHW, Flax's are HWIO; torch Linear weights are (out, in)
 kernels (in, out); a 1x1 convolution (RDN's LFF and GFF fusions) is the same 4-D case. The
 EDSR MeanShift pairs are in every EDSR-LIIF checkpoint but unused by the encoder's forward, so
 they are dropped (the converter says so); RDN has none.
+
+Names are mapped from the spec's own numbers (EDSR's ``n_resblocks`` places its last
+convolution); which RDN blocks and layers exist is the spec's business: the caller compares
+every mapped name and shape with what the spec needs (``liif_jax.models.shapes``) before any
+tensor is read, so an RDB beyond the spec's is refused there.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ import re
 
 import numpy as np
 
+from convert_weights.errors import CheckpointError
 from convert_weights.torch_pickle import TensorRef
-from liif_jax.errors import CheckpointError
 
 # Present in every EDSR checkpoint, never applied by LIIF's encoder.
 KNOWN_UNUSED = re.compile(r"^encoder\.(sub_mean|add_mean)\.(weight|bias)$")
@@ -36,17 +41,18 @@ def torch_to_flax_name(name: str, n_resblocks: int) -> str | None:
     return None
 
 
-def rdn_torch_to_flax_name(name: str, n_blocks: int, n_layers: int) -> str | None:
+def rdn_torch_to_flax_name(name: str) -> str | None:
     """Our name for a torch state-dict entry of an RDN-LIIF (``liif_jax.models.rdn`` names),
-    or None if no parameter of ours matches."""
+    or None if no parameter of ours matches. Any block and layer number maps; whether the
+    spec's RDN config has it is checked with the shapes (see the module's docstring)."""
     m = re.fullmatch(r"encoder\.(SFENet[12])\.(weight|bias)", name)
     if m:
         return f"encoder/{m[1]}/{_leaf(m[2])}"
     m = re.fullmatch(r"encoder\.RDBs\.(\d+)\.convs\.(\d+)\.conv\.0\.(weight|bias)", name)
-    if m and int(m[1]) < n_blocks and int(m[2]) < n_layers:
+    if m:
         return f"encoder/RDB_{int(m[1])}/conv_{int(m[2])}/{_leaf(m[3])}"
     m = re.fullmatch(r"encoder\.RDBs\.(\d+)\.LFF\.(weight|bias)", name)
-    if m and int(m[1]) < n_blocks:
+    if m:
         return f"encoder/RDB_{int(m[1])}/LFF/{_leaf(m[2])}"
     m = re.fullmatch(r"encoder\.GFF\.([01])\.(weight|bias)", name)
     if m:
@@ -60,13 +66,9 @@ def rdn_torch_to_flax_name(name: str, n_blocks: int, n_layers: int) -> str | Non
 def _name_mapper(encoder_spec: dict):
     """name -> our name (or None) for a normalised encoder spec; plus whether the EDSR
     MeanShift entries are expected (and dropped)."""
-    enc = encoder_spec["args"]
     if encoder_spec["name"] == "rdn":
-        from liif_jax.models.rdn import RDN_CONFIGS
-
-        n_blocks, n_layers, _ = RDN_CONFIGS[enc["RDNconfig"]]
-        return (lambda name: rdn_torch_to_flax_name(name, n_blocks, n_layers)), False
-    return (lambda name: torch_to_flax_name(name, enc["n_resblocks"])), True
+        return rdn_torch_to_flax_name, False
+    return (lambda name: torch_to_flax_name(name, encoder_spec["args"]["n_resblocks"])), True
 
 
 def _leaf(torch_leaf: str) -> str:
@@ -95,8 +97,8 @@ def torch_to_flax_shape(shape: tuple) -> tuple:
 
 def map_state_dict(state_dict, encoder_spec: dict):
     """Return (flat Flax params, dropped known-unused names) for a checkpoint whose normalised
-    encoder spec is ``encoder_spec``. Unknown names are an error; missing names and shapes are
-    checked against the model by the caller."""
+    encoder spec is ``encoder_spec``. Unknown names are an error; missing and extra names and
+    every shape are checked against the spec by the caller, before it reads a tensor."""
     if not isinstance(state_dict, dict):
         raise CheckpointError("checkpoint's model 'sd' is not a state dict")
     to_flax_name, has_mean_shift = _name_mapper(encoder_spec)

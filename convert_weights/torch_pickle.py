@@ -43,7 +43,7 @@ import zipfile
 
 import numpy as np
 
-from liif_jax.errors import CheckpointError, UnsafeCheckpointError
+from convert_weights.errors import CheckpointError, UnsafeCheckpointError
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001

@@ -21,6 +21,11 @@ _EXPORTS = {
     "make_cell": "liif_jax.geometry",
     "query_geometry": "liif_jax.geometry",
     "LiifError": "liif_jax.errors",
+    "ImageError": "liif_jax.errors",
+    "RequestError": "liif_jax.errors",
+    "OutputError": "liif_jax.errors",
+    "CheckpointError": "liif_jax.errors",
+    "Cancelled": "liif_jax.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

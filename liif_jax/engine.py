@@ -37,21 +37,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from liif_jax import geometry, tiling
-from liif_jax.errors import LiifError, RequestError
+from liif_jax.constants import PRECISIONS  # (engine.PRECISIONS: defined there, JAX-free)
+from liif_jax.errors import Cancelled, RequestError  # (engine.Cancelled: defined in errors)
 from liif_jax.models.liif import decode_gathered, feature_table, gather_table_rows
 
-PRECISIONS = ("float32", "bfloat16")
 DEFAULT_MAX_MEMORY = 2 * 1024**3
 
 # How many times each jitted function has been traced (compiled) in this process; tests use
 # it to prove that new image sizes do not recompile the decoder.
 trace_counts = {"encode_table": 0, "decode": 0}
-
-
-class Cancelled(LiifError):
-    """The progress callback asked to stop."""
-
-    exit_code = 130
 
 
 # ------------------------------------------------------------------------- settings

@@ -13,12 +13,17 @@ For a high-resolution image HR (uint8 RGB / 255) and a scale s:
 - SSIM on the same shaved crop: Gaussian window sigma 1.5 (truncated at 3.5 sigma), K1 0.01,
   K2 0.03, data range 1, population statistics, mean over channels -- what scikit-image's
   ``structural_similarity(..., gaussian_weights=True, use_sample_covariance=False)`` computes.
+
+``evaluate_folder`` measures every image below a folder (``liif-jax eval``): one that cannot be
+read, or is too small for a scale, is reported and the others are measured.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -125,3 +130,81 @@ def format_table(records) -> str:
             means = [np.mean([getattr(r, key) for r in records if r.scale == s]) for s in scales]
             lines.append(f"| {label} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class EvalFailure:
+    image: str  # the file, relative to the folder
+    scale: float | None  # None: the file itself could not be read
+    message: str  # one line
+
+    def __str__(self) -> str:
+        where = self.image if self.scale is None else f"{self.image}: x{self.scale:g}"
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class FolderEvaluation:
+    records: list[Record] = field(default_factory=list)
+    failures: list[EvalFailure] = field(default_factory=list)
+
+
+def eval_images(root) -> list[Path]:
+    """The images ``evaluate_folder`` measures: every image below ``root`` (hidden files
+    skipped, the order stable). RequestError if ``root`` is not a folder or holds none."""
+    from liif_jax.errors import RequestError
+    from liif_jax.imageio import find_images
+
+    root = Path(root)
+    if not root.is_dir():
+        raise RequestError(f"not a folder of images: {root}")
+    files = find_images(root)
+    if not files:
+        raise RequestError(f"no images found in {root}")
+    return files
+
+
+def evaluate_folder(root, scales, model, *, protocol: str = "div2k", precision: str = "float32",
+                    files=None, on_error: Callable[[EvalFailure], None] | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> FolderEvaluation:
+    """``evaluate_image`` for every image below ``root`` (``files``, if given: from
+    ``eval_images(root)``) at every scale. Gray images are measured as RGB. A file that cannot
+    be read, or a scale too large for an image, is passed to ``on_error`` as it happens and
+    listed in the result; the rest is measured. ``progress(done, total)`` counts (image, scale)
+    pairs."""
+    from liif_jax.errors import LiifError
+    from liif_jax.imageio import read_input, to_uint8
+
+    root = Path(root)
+    files = eval_images(root) if files is None else list(files)
+    total, done = len(files) * len(scales), 0
+    result = FolderEvaluation()
+
+    def fail(rel, scale, exc):
+        failure = EvalFailure(str(rel), scale, " ".join(str(exc).split()))
+        result.failures.append(failure)
+        if on_error is not None:
+            on_error(failure)
+
+    for path in files:
+        rel = path.relative_to(root)
+        try:
+            image, _ = read_input(path)
+        except LiifError as exc:  # one bad file is reported; the others are measured
+            fail(rel, None, exc)
+            done += len(scales)
+            if progress is not None:
+                progress(done, total)
+            continue
+        rgb = np.repeat(image.pixels[..., None], 3, -1) if image.gray else image.pixels
+        hr = to_uint8(rgb)
+        for scale in scales:
+            try:
+                result.records.append(evaluate_image(str(rel), hr, scale, model, protocol=protocol,
+                                                     precision=precision))
+            except LiifError as exc:  # e.g. a scale too large for this image
+                fail(rel, scale, exc)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return result

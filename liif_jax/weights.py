@@ -236,7 +236,7 @@ def load_model(weights=None) -> LiifModel:
     if _looks_like_safetensors(data):
         return read_weights(data, where)
     if data[:4] == b"PK\x03\x04" or data[:1] == b"\x80":
-        from convert_weights.convert import model_from_checkpoint_bytes
+        from liif_jax.convert import model_from_checkpoint_bytes
 
         return model_from_checkpoint_bytes(data, source_name=path.name)
     raise CheckpointError(f"{where} is neither a liif-jax .safetensors file nor a PyTorch checkpoint")

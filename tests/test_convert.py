@@ -11,7 +11,7 @@ import pytest
 import torch_format as tf
 from conftest import AUTHORS_PTH, REPO, TINY
 from convert_weights import load_checkpoint
-from convert_weights.convert import convert_file
+from liif_jax.convert import convert_file
 from liif_jax.errors import CheckpointError, UnsafeCheckpointError
 from liif_jax.weights import (AUTHORS_CHECKPOINT_SHA256, bundled_weights_path, flat_params,
                               load_model)

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 
 import torch_format as tf
 from conftest import TINY
-from convert_weights.convert import model_from_checkpoint_bytes
 from convert_weights.torch_pickle import load_checkpoint
+from liif_jax.convert import model_from_checkpoint_bytes
 from liif_jax.errors import CheckpointError
 
 _LONG_RUN = int(os.environ.get("LIIF_JAX_FUZZ_EXAMPLES", "0"))

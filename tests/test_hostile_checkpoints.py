@@ -15,8 +15,8 @@ import pytest
 import torch_format as tf
 from conftest import DEV, TINY
 from convert_weights import load_checkpoint
-from convert_weights.convert import convert_file, model_from_checkpoint_bytes
 from convert_weights.torch_pickle import ALLOWED_GLOBALS
+from liif_jax.convert import convert_file, model_from_checkpoint_bytes
 from liif_jax.errors import CheckpointError, UnsafeCheckpointError
 from liif_jax.models import build_model  # noqa: F401 (imported before any measurement)
 from liif_jax.weights import flat_params, load_model

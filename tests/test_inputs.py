@@ -371,9 +371,9 @@ class _RecordingProgress:
 
 
 def test_compare_progress_counts_the_liif_pixels(tmp_path, capsys, monkeypatch):
-    import liif_jax.cli as cli
+    import liif_jax.cli.commands as commands
 
-    monkeypatch.setattr(cli, "_Progress", _RecordingProgress)
+    monkeypatch.setattr(commands, "Progress", _RecordingProgress)
     _RecordingProgress.made = []
     code, _, err = run(capsys, "compare", COFFEE, tmp_path / "cmp.png", "--scale", "2",
                        "--crop", "2,4,10,8", *TINY_W)

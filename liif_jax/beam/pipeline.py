@@ -6,10 +6,10 @@ What it adds over ``liif-jax upscale DIR`` and ``--distributed``: Beam's runner 
 images over its workers, retries a worker that dies, and scales with the data set; the model
 is loaded once per worker process (``LiifModelHandler.load_model``, RunInference's shared
 model), and elements are batched by their output pixels. Everything about one image is the
-CLI's own code: each is read, rendered and written by ``liif_jax.cli._upscale_file`` -- so the
-outputs are the files ``liif-jax upscale`` writes, bit for bit -- and lands at the path a
-folder run would give it (``liif_jax.folders.output_path``, relative to the part of the glob
-before its first wildcard).
+code ``liif-jax upscale`` runs: each is read, rendered and written by
+``liif_jax.folders.upscale_file`` -- so the outputs are the files ``liif-jax upscale`` writes,
+bit for bit -- and lands at the path a folder run would give it
+(``liif_jax.folders.output_path``, relative to the part of the glob before its first wildcard).
 
 An image that fails (unreadable, too large, ...) becomes one line of ``OUTPUT/failed.jsonl``
 (``{"path": ..., "reason": ...}``) and the others go on; a rerun skips every output that
@@ -112,18 +112,20 @@ def _one_line(message) -> str:
     return " ".join(str(message).split())
 
 
-def upscale_args(ns) -> argparse.Namespace:
-    """The attributes ``cli._upscale_file`` reads, from this command's options."""
-    return argparse.Namespace(scale=ns.scale, size=ns.size, width=None, height=None, region=None,
-                              max_pixels=ns.max_pixels, tile=ns.tile, max_memory=ns.max_memory,
-                              precision=ns.precision, quality=ns.quality)
+def upscale_request(ns):
+    """The ``liif_jax.folders.UpscaleRequest`` of this command's options."""
+    from liif_jax.folders import UpscaleRequest
+
+    return UpscaleRequest(scale=ns.scale, size=ns.size, max_pixels=ns.max_pixels, tile=ns.tile,
+                          max_memory=ns.max_memory, precision=ns.precision, quality=ns.quality)
 
 
 class LiifModelHandler(ModelHandler):
     """RunInference's view of LIIF: ``load_model`` once per worker process (the bundled weights
     or ``--weights``, on whatever backend JAX finds there); ``run_inference`` upscales a batch
-    of Jobs with the CLI's code and returns an Outcome per Job, a failure included (an image
-    that fails must not fail its bundle: Beam would retry the whole bundle, then the job)."""
+    of Jobs with ``liif_jax.folders.upscale_file`` (as the CLI does) and returns an Outcome per
+    Job, a failure included (an image that fails must not fail its bundle: Beam would retry
+    the whole bundle, then the job)."""
 
     def __init__(self, weights: str | None, options: argparse.Namespace, max_batch_pixels: int = 64 * 2**20):
         super().__init__()
@@ -144,13 +146,13 @@ class LiifModelHandler(ModelHandler):
         return [self.upscale_one(job, model) for job in batch]
 
     def upscale_one(self, job: Job, model) -> Outcome:
-        from liif_jax.cli import _upscale_file
+        from liif_jax.folders import upscale_file
         from liif_jax.imageio import output_format
 
         try:
             output_format(job.dst)
             with _LocalCopy(job.src, upload=False) as src, _LocalCopy(job.dst, upload=True) as dst:
-                _upscale_file(src, dst, upscale_args(self.options), model, None)
+                upscale_file(src, dst, upscale_request(self.options), model)
             return Outcome(job)
         except LiifError as exc:
             return Outcome(job, _one_line(exc))
@@ -169,7 +171,6 @@ def _job_weight(job: Job) -> int:
 
 def _with_weight(job: Job, options) -> Job:
     """The Job with its planned output pixels (from the header; 0 when unknown)."""
-    from liif_jax.cli import _planned_pixels
     from liif_jax.imageio import header_size
 
     if not _is_local(job.src):
@@ -178,7 +179,7 @@ def _with_weight(job: Job, options) -> Job:
         hw = header_size(job.src)
     except (LiifError, OSError):
         return job
-    return Job(job.src, job.dst, job.rel, _planned_pixels(upscale_args(options), hw))
+    return Job(job.src, job.dst, job.rel, upscale_request(options).planned_pixels(hw))
 
 
 def _exists(path: str) -> bool:
@@ -245,7 +246,8 @@ def build(pipeline, ns):
 
 def build_parser() -> argparse.ArgumentParser:
     from liif_jax.api import DEFAULT_MAX_PIXELS
-    from liif_jax.cli import _count_arg, _memory_arg, _quality_arg, _scale_arg, _size_arg, _tile_arg
+    from liif_jax.cli.parser import count_arg, memory_arg, quality_arg, scale_arg, size_arg, tile_arg
+    from liif_jax.constants import PRECISIONS
     from liif_jax.imageio import DEFAULT_QUALITY, OUTPUT_FORMATS
 
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
@@ -254,15 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="GLOB", help="input images, e.g. 'photos/**/*.png' or gs://b/in/*")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (created)")
     size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("--scale", "-s", type=_scale_arg, metavar="S[,SY]", help="scale factor (as upscale --scale)")
-    size.add_argument("--size", type=_size_arg, metavar="WxH", help="exact output size (as upscale --size)")
+    size.add_argument("--scale", "-s", type=scale_arg, metavar="S[,SY]", help="scale factor (as upscale --scale)")
+    size.add_argument("--size", type=size_arg, metavar="WxH", help="exact output size (as upscale --size)")
     p.add_argument("--weights", metavar="FILE", help="weight file (default: the bundled EDSR-baseline-LIIF)")
-    p.add_argument("--precision", choices=("float32", "bfloat16"), help="as upscale --precision")
-    p.add_argument("--quality", type=_quality_arg, default=DEFAULT_QUALITY, metavar="Q", help="JPEG/WebP quality")
+    p.add_argument("--precision", choices=PRECISIONS, help="as upscale --precision")
+    p.add_argument("--quality", type=quality_arg, default=DEFAULT_QUALITY, metavar="Q", help="JPEG/WebP quality")
     p.add_argument("--format", choices=sorted(e.lstrip(".") for e in OUTPUT_FORMATS), help="output format")
-    p.add_argument("--max-pixels", type=_count_arg, default=DEFAULT_MAX_PIXELS, metavar="N", help="as upscale")
-    p.add_argument("--tile", type=_tile_arg, metavar="N", help="as upscale --tile")
-    p.add_argument("--max-memory", type=_memory_arg, metavar="SIZE", help="as upscale --max-memory")
+    p.add_argument("--max-pixels", type=count_arg, default=DEFAULT_MAX_PIXELS, metavar="N", help="as upscale")
+    p.add_argument("--tile", type=tile_arg, metavar="N", help="as upscale --tile")
+    p.add_argument("--max-memory", type=memory_arg, metavar="SIZE", help="as upscale --max-memory")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     p.add_argument("--max-batch-pixels", type=int, default=64 * 2**20, metavar="N",
                    help="output pixels per inference batch (default 64 Mi)")

@@ -22,7 +22,7 @@ import time
 
 from liif_jax.bridge import protocol
 from liif_jax.bridge.protocol import ProtocolError
-from liif_jax.errors import CheckpointError, ImageError, LiifError, RequestError
+from liif_jax.errors import Cancelled, LiifError
 
 PROGRESS_INTERVAL_S = 0.1
 # Payload bytes held for jobs queued or running, beyond the first such job (which may be as
@@ -37,13 +37,8 @@ READ_CHUNK = 1 << 20
 
 
 def _error_code(exc: Exception) -> str:
-    from liif_jax.engine import Cancelled
-
-    for cls, code in ((Cancelled, "cancelled"), (ImageError, "image"), (RequestError, "request"),
-                      (CheckpointError, "checkpoint")):
-        if isinstance(exc, cls):
-            return code
-    return "request" if isinstance(exc, LiifError) else "internal"
+    """The protocol's code for an error: its class says (``bridge_code``, liif_jax.errors)."""
+    return exc.bridge_code if isinstance(exc, LiifError) else "internal"
 
 
 def _one_line(text) -> str:
@@ -195,7 +190,7 @@ class Worker:
         self.outstream.flush()
 
     def _run(self, number, request, data):
-        from liif_jax.api import upscale
+        from liif_jax.api import DEFAULT_MAX_PIXELS, upscale
 
         rid = request.get("id")
         last = [0.0]
@@ -219,7 +214,7 @@ class Worker:
                       size=tuple(request["size"]) if "size" in request else None, model=model,
                       region=request.get("region"), tile=request.get("tile"),
                       max_memory=request.get("max_memory"), precision=request.get("precision"),
-                      max_pixels=request.get("max_pixels", 100_000_000), progress=progress)
+                      max_pixels=request.get("max_pixels", DEFAULT_MAX_PIXELS), progress=progress)
         compute = time.perf_counter() - start
         payload = protocol.pixels_to_payload(out, request["format"])
         self._send({"event": "result", "id": rid, "width": int(out.shape[1]), "height": int(out.shape[0]),
@@ -269,8 +264,6 @@ class Worker:
 
 
 def _cancelled():
-    from liif_jax.engine import Cancelled
-
     return Cancelled("cancelled")
 
 

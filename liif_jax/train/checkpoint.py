@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from liif_jax.errors import CheckpointError, LiifError, LiifWarning
+from liif_jax.errors import CheckpointError, LiifWarning, NonFiniteParams, OtherModelError
 
 CHECKPOINT_FORMAT = "liif-jax-train-checkpoint"
 CHECKPOINT_FORMAT_VERSION = "2"  # 2: Orbax step folders; 1: one safetensors file (0.1.x)
@@ -52,17 +52,6 @@ STEP_DIGITS = 8
 STEP_DIR_RE = re.compile(r"^step_(\d{8,})$")
 LEGACY_NAME_RE = re.compile(r"^step_(\d{8,})\.safetensors$")
 SKIPPED_DIR = "skipped-checkpoints"
-
-
-class NonFiniteParams(LiifError):
-    """The parameters became NaN or infinite: saving them would replace good checkpoints with
-    useless ones, so the run stops instead."""
-
-    exit_code = 3
-
-
-class OtherModelError(CheckpointError):
-    """A checkpoint of a different model (spec) than the run's."""
 
 
 def checkpoint_dir(workdir) -> Path:

@@ -32,11 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from liif_jax.errors import CheckpointError, LiifError, LiifWarning, RequestError
-
-
-class TrainingInterrupted(LiifError):
-    exit_code = 130
+from liif_jax.errors import (CheckpointError, DataPipelineError, LiifError, LiifWarning, RequestError,
+                             TrainingInterrupted)
 
 
 @dataclass
@@ -419,10 +416,6 @@ def _run(config, dataset, per_epoch, pairs, workdir, stop, devices, quiet, echo,
     result.step = done
     result.params = _host(params)
     return result
-
-
-class DataPipelineError(LiifError):
-    """The input pipeline failed or went out of step (the run saved what it had first)."""
 
 
 def _save_after_loader_failure(save, saved_at, done, start):

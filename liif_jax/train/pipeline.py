@@ -36,7 +36,7 @@ import os
 
 import numpy as np
 
-from liif_jax.errors import LiifError
+from liif_jax.errors import LoaderChoiceError
 
 
 def grain_available() -> bool:
@@ -204,10 +204,6 @@ class ThreadLoader:
 
     def __exit__(self, *exc):
         self.close()
-
-
-class LoaderChoiceError(LiifError):
-    exit_code = 2
 
 
 def make_loader(dataset, config, start: int, stop: int, *, process_index: int = 0, process_count: int = 1,

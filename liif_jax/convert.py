@@ -1,5 +1,10 @@
-"""Checkpoint bytes -> LiifModel -> liif-jax weight file. Shared by ``python -m
-convert_weights``, ``liif-jax convert`` and ``liif_jax.load_model('x.pth')``."""
+"""The authors' PyTorch checkpoints -> LiifModel -> liif-jax weight file. Shared by
+``liif-jax convert`` (and ``python -m convert_weights``) and ``liif_jax.load_model('x.pth')``.
+
+Reading the ``.pth`` safely (``convert_weights.torch_pickle``) and mapping its torch names and
+layouts to ours (``convert_weights.mapping``) is ``convert_weights``' part, which knows nothing
+of the model; the spec, the shape checks and the model are liif_jax's, here.
+"""
 
 from __future__ import annotations
 
