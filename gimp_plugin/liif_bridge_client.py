@@ -82,10 +82,12 @@ def target_size(width, height, scale, new_width, new_height):
         raise BridgeError("scale must be > 0 (or 0 to use width and height)")
     if new_width < 0 or new_height < 0 or (new_width == 0 and new_height == 0):
         raise BridgeError("give a scale, or a width and/or height in pixels")
+    # One side alone keeps the aspect ratio: n * new / old rounded half up, in integers so that
+    # it is exactly liif_jax.api.aspect_length (float division differs at some .5 cases).
     if new_width == 0:
-        new_width = max(1, int(width * new_height / float(height) + 0.5))
+        new_width = max(1, int((2 * width * new_height + height) // (2 * height)))
     if new_height == 0:
-        new_height = max(1, int(height * new_width / float(width) + 0.5))
+        new_height = max(1, int((2 * height * new_width + width) // (2 * width)))
     return new_width, new_height
 
 

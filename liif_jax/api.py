@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from fractions import Fraction
 import threading
 from typing import TYPE_CHECKING, Callable
 
@@ -55,6 +56,15 @@ def scaled_length(n: float, scale: float) -> int:
     return max(1, int(math.floor(n * scale + 0.5)))
 
 
+def aspect_length(n, new_other, old_other) -> int:
+    """Length of an axis of ``n`` pixels when the other axis goes from ``old_other`` to
+    ``new_other`` pixels: n * new_other / old_other rounded half up, at least 1. Computed on
+    exact fractions (n and old_other may be a region's fractional size), so the GIMP client's
+    integer formula gives the same pixels for every image (a test compares them)."""
+    exact = Fraction(n) * int(new_other) / Fraction(old_other)
+    return max(1, math.floor(exact + Fraction(1, 2)))
+
+
 def output_size(in_hw: tuple[float, float], *, scale: float | tuple[float, float] | None = None,
                 size: tuple[int, int] | None = None, width: int | None = None,
                 height: int | None = None) -> tuple[int, int]:
@@ -85,9 +95,9 @@ def output_size(in_hw: tuple[float, float], *, scale: float | tuple[float, float
         return _whole(height, "height"), _whole(width, "width")
     if width is not None:
         width = _whole(width, "width")
-        return scaled_length(h, width / w), width
+        return aspect_length(h, width, w), width
     height = _whole(height, "height")
-    return height, scaled_length(w, height / h)
+    return height, aspect_length(w, height, h)
 
 
 def _whole(value: object, name: str) -> int:

@@ -66,6 +66,22 @@ def test_socket_path_rules_match_the_server(monkeypatch):
     assert transport.connection_family() == "AF_PIPE"
 
 
+def test_client_sizes_are_the_librarys_for_every_small_image():
+    """The dialog shows target_size's result and the worker renders api.output_size's: one side
+    given, the other follows the aspect ratio the same way, pixel for pixel (float division
+    once gave 6x15 at width 49 a height of 123 in GIMP and 122 in the library)."""
+    from liif_jax.api import output_size
+
+    for w in range(1, 41):
+        for h in range(1, 41):
+            for new in range(1, 130):
+                assert client_mod.target_size(w, h, 0, new, 0) == output_size((h, w), width=new)[::-1], (w, h, new)
+                assert client_mod.target_size(w, h, 0, 0, new) == output_size((h, w), height=new)[::-1], (w, h, new)
+    for w, h, new in ((6, 15, 49), (4000, 3000, 1081), (7, 3, 2 ** 20)):
+        assert client_mod.target_size(w, h, 0, new, 0) == output_size((h, w), width=new)[::-1]
+    assert client_mod.target_size(6, 15, 0, 49, 0) == (49, 123)  # 15 * 49 / 6 = 122.5, half up
+
+
 def test_client_copies_of_the_servers_rules_are_the_servers(monkeypatch):
     """The stdlib client cannot import liif_jax, so it keeps copies of the server's rules;
     each copy is checked against the original here, so the two cannot drift apart."""
