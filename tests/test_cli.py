@@ -83,6 +83,20 @@ def test_width_only_keeps_aspect_ratio(tmp_path, capsys):
     assert Image.open(tmp_path / "h.png").size == (60, 100)
 
 
+@pytest.mark.parametrize("geometry,size", [
+    ("61x97", (61, 97)), ("61x97!", (61, 97)),              # exact (ImageMagick's WxH!)
+    ("61x", (61, 102)), ("61", (61, 102)), ("x100", (60, 100)),  # one side keeps the aspect
+    ("250%", (60, 100)), ("250.5%", (60, 100)),             # a scale: floor(24 * 2.505 + 0.5)
+])
+def test_size_takes_imagemagicks_geometry_forms(tmp_path, capsys, geometry, size):
+    # COFFEE is 24x40 (w x h): the same sizes as --width 61, --height 100 and --scale 2.5
+    code, out, err = run(capsys, "upscale", COFFEE, tmp_path / "g.png", "--size", geometry,
+                         "--weights", TINY / "tiny-liif.pth", "-q")
+    assert code == 0, err
+    assert Image.open(tmp_path / "g.png").size == size
+    assert f"-> {size[0]}x{size[1]}" in out
+
+
 def test_size_is_width_first_and_matches_the_golden(tmp_path, capsys):
     code, _, err = run(capsys, "upscale", COFFEE, tmp_path / "s.npy", "--size", "61x97", "-q")
     assert code == 0, err
@@ -247,8 +261,13 @@ def test_absurd_scales(tmp_path, capsys, scale, message):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--size", "61"], "WIDTHxHEIGHT"),
+    (["--size", "61y5"], "expected WxH (exact), W or Wx (width), xH (height) or N% (scale)"),
+    (["--size", "x"], "expected WxH"),
+    (["--size", "50%x"], "expected WxH"),
     (["--size", "0x5"], "at least 1"),
+    (["--size", "0%"], "> 0"),
+    (["--size", "61x", "--width", "61"], "one way"),
+    (["--size", "400%", "--scale", "4"], "one way"),
     (["--width", "-3"], "at least 1"),
     (["--scale", "2", "--size", "4x4"], "one way"),
     ([], "one way"),
@@ -421,13 +440,13 @@ def test_folder_out_inside_in_is_refused(tmp_path, capsys):
 
 def test_region_tile_and_precision_options(tmp_path, capsys):
     full, part = tmp_path / "full.npy", tmp_path / "part.npy"
-    assert run(capsys, "upscale", COFFEE, full, "--scale", "2", "-q")[0] == 0
+    assert run(capsys, "upscale", COFFEE, full, "--scale", "2", "--precision", "float32", "-q")[0] == 0
     code, _, err = run(capsys, "upscale", COFFEE, part, "--scale", "2", "--region", "4,6,10,20",
                        "--tile", "3", "--precision", "float32", "-q")
     assert code == 0, err
     a, b = np.load(full), np.load(part)
     assert b.shape == (40, 20, 3)
-    assert np.abs(b - a[12:52, 8:28]).max() <= 1e-5
+    assert np.array_equal(b, a[12:52, 8:28])  # a region, in tiles, is the whole render's pixels exactly
     code, _, err = run(capsys, "upscale", COFFEE, tmp_path / "bf.png", "--scale", "2",
                        "--precision", "bfloat16", "--max-memory", "1GB", "-q")
     assert code == 0, err

@@ -114,9 +114,10 @@ def _one_line(message) -> str:
 
 def upscale_request(ns):
     """The ``liif_jax.folders.UpscaleRequest`` of this command's options."""
+    from liif_jax.cli.parser import size_fields
     from liif_jax.folders import UpscaleRequest
 
-    return UpscaleRequest(scale=ns.scale, size=ns.size, max_pixels=ns.max_pixels, tile=ns.tile,
+    return UpscaleRequest(**size_fields(ns.scale, ns.size), max_pixels=ns.max_pixels, tile=ns.tile,
                           max_memory=ns.max_memory, precision=ns.precision, quality=ns.quality)
 
 
@@ -257,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (created)")
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--scale", "-s", type=scale_arg, metavar="S[,SY]", help="scale factor (as upscale --scale)")
-    size.add_argument("--size", type=size_arg, metavar="WxH", help="exact output size (as upscale --size)")
+    size.add_argument("--size", type=size_arg, metavar="GEOMETRY", help="as upscale --size (1440x1080, 2000x, x1080, 400%%)")
     p.add_argument("--weights", metavar="FILE", help="weight file (default: the bundled EDSR-baseline-LIIF)")
     p.add_argument("--precision", choices=PRECISIONS, help="as upscale --precision")
     p.add_argument("--quality", type=quality_arg, default=DEFAULT_QUALITY, metavar="Q", help="JPEG/WebP quality")

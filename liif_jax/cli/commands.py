@@ -18,10 +18,9 @@ def upscale_request(args):
     """The ``UpscaleRequest`` of ``upscale``'s options (the size given exactly one way)."""
     from liif_jax.folders import UpscaleRequest
 
-    ways = [args.scale is not None, args.size is not None, args.width is not None or args.height is not None]
-    if sum(ways) != 1:
-        raise RequestError("give the output size one way: --scale, --size, or --width/--height")
-    return UpscaleRequest(scale=args.scale, size=args.size, width=args.width, height=args.height,
+    from liif_jax.cli.parser import size_fields
+
+    return UpscaleRequest(**size_fields(args.scale, args.size, args.width, args.height),
                           region=args.region, tile=args.tile, max_memory=args.max_memory,
                           precision=args.precision, max_pixels=args.max_pixels, quality=args.quality)
 

@@ -10,6 +10,7 @@ import math
 from liif_jax import __version__
 from liif_jax.cli.output import PROG
 from liif_jax.constants import PRECISIONS
+from liif_jax.errors import RequestError
 
 MAIN_HELP = """\
 Arbitrary-scale super-resolution with LIIF (Local Implicit Image Function, CVPR 2021),
@@ -31,8 +32,9 @@ extension: .png .jpg/.jpeg .webp .tif/.tiff (8-bit, rounded to nearest; 16-bit P
 inputs give 16-bit PNG/TIFF outputs), or .npy (the exact float32 array in [0, 1], H x W x 3;
 gray images give H x W).
 
-Give the size one way: --scale S (or SX,SY), --size WIDTHxHEIGHT, or --width and/or
---height (one side alone keeps the aspect ratio). A scale s gives floor(n*s + 0.5) pixels.
+Give the size one way: --scale S (or SX,SY), --size GEOMETRY (1440x1080 exactly, 2000x,
+x1080, 400%), or --width and/or --height (one side alone keeps the aspect ratio). A scale s
+gives floor(n*s + 0.5) pixels.
 
 examples:
   liif-jax upscale in.png out.png --scale 4
@@ -199,11 +201,37 @@ def scale_arg(text: str):
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def size_arg(text: str):
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1440x1080, got {text!r}")
-    return int(parts[0]), int(parts[1])
+SIZE_FORMS = "WxH (exact), W or Wx (width), xH (height) or N% (scale), e.g. 1440x1080, 2000x, x1080, 400%"
+
+
+def size_arg(text: str) -> dict:
+    """``--size`` in ImageMagick's geometry forms, as the ``UpscaleRequest`` fields they set:
+    ``WxH`` (and ``WxH!``) an exact size -- unlike ImageMagick's plain ``WxH``, which fits
+    inside the box keeping the aspect ratio, an upscaler is asked for exact frames --; ``W``
+    or ``Wx`` the width and ``xH`` the height, the other side keeping the aspect ratio; ``N%``
+    the scale N/100."""
+    spec = text.strip().lower().removesuffix("!")
+    try:
+        if spec.endswith("%"):
+            return {"scale": float(spec[:-1]) / 100}
+        width, sep, height = spec.partition("x")
+        if width.isdigit() and height.isdigit():
+            return {"size": (int(width), int(height))}
+        if width.isdigit() and not height:
+            return {"width": int(width)}
+        if sep and not width and height.isdigit():
+            return {"height": int(height)}
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected {SIZE_FORMS}; got {text!r}")
+
+
+def size_fields(scale, size: dict | None, width=None, height=None) -> dict:
+    """``UpscaleRequest``'s size fields from --scale, --size (a ``size_arg`` result), --width
+    and --height; refuses a size given more than one way."""
+    if sum([scale is not None, size is not None, width is not None or height is not None]) != 1:
+        raise RequestError("give the output size one way: --scale, --size, or --width/--height")
+    return {"scale": scale, "size": None, "width": width, "height": height, **(size or {})}
 
 
 def quality_arg(text: str):
@@ -272,7 +300,10 @@ def add_upscale_args(p: argparse.ArgumentParser) -> None:
     size = p.add_argument_group("output size (one of)")
     size.add_argument("--scale", "-s", type=scale_arg, metavar="S[,SY]",
                       help="scale factor, e.g. 3.3, or SX,SY for different factors per axis")
-    size.add_argument("--size", type=size_arg, metavar="WxH", help="exact output size, width first")
+    size.add_argument("--size", type=size_arg, metavar="GEOMETRY",
+                      help="ImageMagick-style: WxH an exact size, width first (not fitted in the box as "
+                           "ImageMagick's WxH; its WxH! is the same), W or Wx a width and xH a height "
+                           "(the other side keeps the aspect ratio), N%% a scale (400%% = x4)")
     size.add_argument("--width", "-W", type=int, metavar="W", help="output width in pixels")
     size.add_argument("--height", "-H", type=int, metavar="H", help="output height in pixels")
     p.add_argument("--weights", metavar="FILE",
