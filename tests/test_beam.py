@@ -20,7 +20,7 @@ except ImportError:
     # CI's Beam stage sets LIIF_JAX_REQUIRE_BEAM=1: there a missing Beam is a failure, not a skip.
     if os.environ.get("LIIF_JAX_REQUIRE_BEAM") == "1":
         raise
-    pytest.skip("Apache Beam is not installed (pip install 'liif-jax[beam]'); CI runs these in its Beam stage",
+    pytest.skip("Apache Beam is not installed (pip install '.[beam]' in the liif-jax checkout); CI runs these in its Beam stage",
                 allow_module_level=True)
 
 from liif_jax.beam.pipeline import glob_base, main as beam_main, plan_job  # noqa: E402

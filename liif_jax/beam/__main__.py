@@ -15,7 +15,7 @@ def main(argv=None) -> int:
     except ImportError as exc:
         if "apache_beam" not in str(exc):
             raise
-        print("python -m liif_jax.beam: error: Apache Beam is not installed: pip install 'liif-jax[beam]'",
+        print("python -m liif_jax.beam: error: Apache Beam is not installed (in the liif-jax checkout: pip install '.[beam]')",
               file=sys.stderr)
         return 2
     finally:

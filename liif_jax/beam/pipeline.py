@@ -1,4 +1,4 @@
-"""The Beam pipeline of ``python -m liif_jax.beam`` (needs ``pip install 'liif-jax[beam]'``)::
+"""The Beam pipeline of ``python -m liif_jax.beam`` (needs ``pip install '.[beam]' in the liif-jax checkout``)::
 
     python -m liif_jax.beam --input 'photos/**/*.png' --output out/ --scale 2 [Beam options]
 
