@@ -56,7 +56,7 @@ def scaled_length(n: float, scale: float) -> int:
     return max(1, int(math.floor(n * scale + 0.5)))
 
 
-def aspect_length(n, new_other, old_other) -> int:
+def aspect_length(n: float, new_other: int, old_other: float) -> int:
     """Length of an axis of ``n`` pixels when the other axis goes from ``old_other`` to
     ``new_other`` pixels: n * new_other / old_other rounded half up, at least 1. Computed on
     exact fractions (n and old_other may be a region's fractional size), so the GIMP client's

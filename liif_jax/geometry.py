@@ -18,6 +18,7 @@ y coordinate, so for a full output grid they are computed once per axis (O(H + W
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -36,7 +37,8 @@ def coord_axis(n: int, v0: float = -1.0, v1: float = 1.0) -> np.ndarray:
     return F32(v0 + r) + F32(2 * r) * np.arange(n, dtype=F32)
 
 
-def make_coord(shape, ranges=None, flatten: bool = True) -> np.ndarray:
+def make_coord(shape: Sequence[int], ranges: Sequence[tuple[float, float]] | None = None,
+               flatten: bool = True) -> np.ndarray:
     """The original's ``make_coord``: a grid of pixel centres, last axis (y, x), float32."""
     seqs = [coord_axis(n, *(ranges[i] if ranges is not None else (-1.0, 1.0)))
             for i, n in enumerate(shape)]
@@ -44,7 +46,7 @@ def make_coord(shape, ranges=None, flatten: bool = True) -> np.ndarray:
     return grid.reshape(-1, len(shape)) if flatten else grid
 
 
-def make_cell(out_hw, n: int | None = None) -> np.ndarray:
+def make_cell(out_hw: Sequence[int], n: int | None = None) -> np.ndarray:
     """The cell (size of one output pixel in [-1, 1] units) for an output of size ``out_hw``:
     ``(2/H, 2/W)`` as float32, repeated ``n`` times if given."""
     cell = np.array([F32(2 / out_hw[0]), F32(2 / out_hw[1])], dtype=F32)
@@ -88,7 +90,8 @@ class QueryGeometry(NamedTuple):
     rel_cell: np.ndarray
 
 
-def query_geometry(coord, cell, feat_hw, local_ensemble: bool = True) -> QueryGeometry:
+def query_geometry(coord: np.ndarray, cell: np.ndarray, feat_hw: Sequence[int],
+                   local_ensemble: bool = True) -> QueryGeometry:
     """Geometry for arbitrary query coordinates ``coord`` (..., 2) and cells (..., 2)."""
     coord = np.asarray(coord, dtype=F32)
     cell = np.asarray(cell, dtype=F32)

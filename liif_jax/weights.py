@@ -13,6 +13,7 @@ flat parameter names (``encoder/head/kernel``) and these metadata strings:
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -130,7 +131,7 @@ def flat_params(params: dict) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
 
 
-def save_weights(path, model: LiifModel) -> None:
+def save_weights(path: str | os.PathLike, model: LiifModel) -> None:
     """Write ``model`` as a liif-jax safetensors file, atomically (temp file + rename)."""
     from safetensors.numpy import save
 
@@ -220,7 +221,7 @@ def read_weights(data: bytes, where: str) -> LiifModel:
     return model_from_flat(spec, tensors, info, where)
 
 
-def load_model(weights=None) -> LiifModel:
+def load_model(weights: str | os.PathLike | None = None) -> LiifModel:
     """Load a model: the bundled EDSR-baseline-LIIF by default, else ``weights``: a liif-jax
     ``.safetensors`` file or an original PyTorch ``.pth`` (read safely, converted in memory)."""
     path = bundled_weights_path() if weights is None else Path(weights)

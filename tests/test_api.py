@@ -214,11 +214,17 @@ def test_the_public_api_has_type_hints():
 
     from liif_jax import api
 
-    for name in ("upscale", "output_size", "plan_output", "parse_region", "check_pixel_limit",
-                 "scaled_length", "default_model", "bleed_colour"):
-        signature = inspect.signature(getattr(api, name))
+    # api's public functions and every function the package exports at its top level
+    functions = [getattr(api, name) for name in ("upscale", "output_size", "plan_output", "parse_region",
+                                                 "check_pixel_limit", "scaled_length", "aspect_length",
+                                                 "default_model", "bleed_colour")]
+    functions += [f for f in (getattr(liif_jax, name) for name in liif_jax.__all__) if inspect.isfunction(f)]
+    assert {f.__name__ for f in functions} >= {"load_model", "save_weights", "make_coord", "make_cell",
+                                               "query_geometry"}
+    for function in functions:
+        signature = inspect.signature(function)
         missing = [p for p, v in signature.parameters.items() if v.annotation is inspect.Parameter.empty]
-        assert not missing and signature.return_annotation is not inspect.Signature.empty, (name, missing)
+        assert not missing and signature.return_annotation is not inspect.Signature.empty, (function, missing)
     hints = typing.get_type_hints(api.upscale, localns={"LiifModel": object, "DTypeLike": object,
                                                         "Image": __import__("PIL.Image").Image})
     assert "image" in hints and hints["return"] is np.ndarray
