@@ -83,13 +83,18 @@ def watch():
     worker = channel[-1]["worker_pid"] if MODE == "bridge" else int(os.environ["LIIF_TEST_SERVER_PID"])
     w["worker_is_bridge_child"] = MODE != "bridge" or (proc_stat(worker)[1] == plugin
                                                       and b"bridge" in cmdline(worker))
-    w["worker_cpu_before"] = cpu_rate(worker)
+    w["worker_cpu_before"] = cpu_rate(worker)  # for the report only: a loaded machine skews it
     if CANCEL == "kill":
         os.kill(plugin, signal.SIGKILL)  # what gimp_plug_in_close(plug_in, TRUE) does
     else:  # GIMP does it when Cancel is clicked
         while time.time() < deadline and proc_stat(plugin) is not None and proc_stat(plugin)[0] != "Z":
             time.sleep(0.02)
     killed = time.time()
+    # What the worker had said when the plug-in died: the job was under way, not finished.
+    said = events()
+    progress = [e for e in said if e.get("event") == "progress"]
+    w["progress_at_kill"] = [progress[-1]["done"], progress[-1]["total"]] if progress else None
+    w["finished_before_kill"] = any(e.get("event") in ("result", "error") for e in said)
     w["stopped_after_s"] = None
     while time.time() - killed < 30:
         st = proc_stat(worker)

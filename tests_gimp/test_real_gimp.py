@@ -397,8 +397,13 @@ def check_cancel_report(report, mode, server):
     w = report["watcher"]
     assert w["progress_seen"] and w["plugin_cmdline_ok"] and w["plugin_is_sibling"], report
     assert w["channel"] == ("subprocess" if mode == "bridge" else "server") and w["worker_is_bridge_child"]
-    assert w["worker_cpu_before"] > 0.3, report  # it was computing when the plug-in died (~1-2 cores)
-    assert w["stopped_after_s"] is not None and w["stopped_after_s"] <= 3.0, report
+    # Events, not CPU seconds: the job was under way when the plug-in died (progress reported,
+    # not at its end, no result yet) and the worker stopped (the bridge exited, the server went
+    # idle). The bound tells stopping from finishing the job (scale 30: a 1440x1440 render, 20 s
+    # or more on a 2-core CPU); it is not a timing claim.
+    done, total = w["progress_at_kill"]
+    assert 0 <= done < total and not w["finished_before_kill"], report
+    assert w["stopped_after_s"] is not None and w["stopped_after_s"] <= 10.0, report
     # GIMP saw its plug-in end; nothing was changed, nothing left behind.
     assert report["status"] != "success"
     assert report["size_after"] == [48, 48] and report["pixels_unchanged"] and report["layers_after"] == 1
