@@ -115,7 +115,7 @@ def main():
             data = ImplicitDownsampled.from_config(photos, config)
             data.preload()
             n_params = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(
-                jax.eval_shape(lambda: init_params(build_model(config.model), 0))))
+                jax.eval_shape(lambda: init_params(build_model(config.model), 0))))  # noqa: B023 (called at once)
             print(f"\n== config {name}: {n_params:,} parameters, batch {config.batch_size}, "
                   f"{config.inp_size}x{config.inp_size} LR crops, {config.sample_q} queries each")
             n_load = args.loader_batches or max(8, min(steps, 50))

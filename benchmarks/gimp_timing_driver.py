@@ -9,7 +9,7 @@ from gi.repository import Gimp, Gio
 NI = Gimp.RunMode.NONINTERACTIVE
 proc = Gimp.get_pdb().lookup_procedure("python-fu-liif-upscale")
 times = []
-for i in range(int(os.environ.get("LIIF_BENCH_RUNS", "3"))):
+for _ in range(int(os.environ.get("LIIF_BENCH_RUNS", "3"))):
     image = Gimp.file_load(NI, Gio.File.new_for_path(os.environ["LIIF_BENCH_INPUT"]))
     config = proc.create_config()
     config.set_property("run-mode", NI)

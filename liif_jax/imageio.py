@@ -424,7 +424,7 @@ def _declared_empty_size(head: bytes):
     if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
         size = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     elif head[:1] == b"P" and head[1:2] in b"123456":
-        fields = b" ".join(l for l in head[2:].splitlines() if not l.startswith(b"#")).split()
+        fields = b" ".join(line for line in head[2:].splitlines() if not line.startswith(b"#")).split()
         if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
             size = int(fields[0]), int(fields[1])
     return size if size and 0 in size else None

@@ -7,13 +7,11 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import REPO, TINY

@@ -153,7 +153,7 @@ def test_mutated_files_are_one_line_at_the_command_line(case):
                          "--weights", str(TINY / "tiny-liif.pth")])
         lines = stderr.getvalue().splitlines()
         if code == 0:  # a damaged file that still decodes may come with warnings about it
-            assert out.is_file() and all(l.startswith("liif-jax: warning: ") for l in lines), lines
+            assert out.is_file() and all(line.startswith("liif-jax: warning: ") for line in lines), lines
         else:  # a refused one: exactly one line, whatever the decoders said on the way
             assert code == 1 and not out.exists()
             assert len(lines) == 1 and lines[0].startswith("liif-jax: error: "), lines

@@ -40,7 +40,8 @@ def plugin(tmp_path, monkeypatch):
     return module, gimpfu
 
 
-def make_image(gimpfu, rng=np.random.default_rng(0)):
+def make_image(gimpfu, seed=0):
+    rng = np.random.default_rng(seed)
     background = gimpfu.Layer("bg", rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
     sticker = gimpfu.Layer("sticker", rng.integers(0, 256, (7, 9, 4), dtype=np.uint8), offsets=(5, 3))
     gray = gimpfu.Layer("gray", rng.integers(0, 256, (6, 6, 2), dtype=np.uint8), gray=True)
@@ -66,9 +67,9 @@ def test_precision_option_reaches_liif_jax(plugin, tiny_model, option, tolerance
     # bfloat16 -- within 2 levels, and not the float32 result.
     module, gimpfu = plugin
     image = make_image(gimpfu)
-    src = next(l for l in gimpfu._walk(image.layers) if l.name == "bg").pixels.copy()
+    src = next(layer for layer in gimpfu._walk(image.layers) if layer.name == "bg").pixels.copy()
     module.liif_upscale(image, None, 2.0, 0, 0, False, option)
-    out = next(l for l in gimpfu._walk(image.layers) if l.name == "bg").pixels
+    out = next(layer for layer in gimpfu._walk(image.layers) if layer.name == "bg").pixels
     exact = liif_jax.upscale(src, size=(out.shape[1], out.shape[0]), model=tiny_model,
                              precision="float32", dtype=np.uint8)
     diff = np.abs(out.astype(int) - exact).max()
@@ -80,10 +81,10 @@ def test_precision_option_reaches_liif_jax(plugin, tiny_model, option, tolerance
 def test_in_place_upscale_in_one_undo_group(plugin, tiny_model):
     module, gimpfu = plugin
     image = make_image(gimpfu)
-    originals = {l.name: l.pixels.copy() for l in gimpfu._walk(image.layers) if l.children is None}
+    originals = {layer.name: layer.pixels.copy() for layer in gimpfu._walk(image.layers) if layer.children is None}
     result = module.liif_upscale(image, None, 2.5, 0, 0, False)
     assert result is image and (image.width, image.height) == (75, 50)
-    layers = {l.name: l for l in gimpfu._walk(image.layers) if l.children is None}
+    layers = {layer.name: layer for layer in gimpfu._walk(image.layers) if layer.children is None}
     assert layers["bg"].pixels.shape == (50, 75, 3)
     assert layers["sticker"].pixels.shape == (18, 23, 4) and layers["sticker"].offsets == (13, 8)
     for name, layer in layers.items():
@@ -103,11 +104,11 @@ def test_in_place_upscale_in_one_undo_group(plugin, tiny_model):
 def test_new_image_leaves_the_original_alone(plugin):
     module, gimpfu = plugin
     image = make_image(gimpfu)
-    before = {l.name: l.pixels.copy() for l in gimpfu._walk(image.layers)}
+    before = {layer.name: layer.pixels.copy() for layer in gimpfu._walk(image.layers)}
     result = module.liif_upscale(image, None, 0, 45, 0, True)  # width only: aspect kept
     assert result is not image and (result.width, result.height) == (45, 30)
     assert (image.width, image.height) == (30, 20)
-    assert all(np.array_equal(l.pixels, before[l.name]) for l in gimpfu._walk(image.layers))
+    assert all(np.array_equal(layer.pixels, before[layer.name]) for layer in gimpfu._walk(image.layers))
     assert ("gimp.Display", (result,)) in gimpfu.CALLS
     assert "gimp_image_undo_group_start" not in [c[0] for c in gimpfu.CALLS]
 
@@ -127,11 +128,11 @@ def test_failures_leave_the_image_exactly_as_it_was(plugin, breakage, message):
         config["weights"] = str(bad)
     (module.folder / "liif_jax_gimp.json").write_text(json.dumps(config))
     image = make_image(gimpfu)
-    before = {l.name: l.pixels.copy() for l in gimpfu._walk(image.layers)}
+    before = {layer.name: layer.pixels.copy() for layer in gimpfu._walk(image.layers)}
     with pytest.raises(RuntimeError, match=message):
         module.liif_upscale(image, None, 2.0, 0, 0, False)
     assert (image.width, image.height) == (30, 20)
-    assert all(np.array_equal(l.pixels, before[l.name]) for l in gimpfu._walk(image.layers))
+    assert all(np.array_equal(layer.pixels, before[layer.name]) for layer in gimpfu._walk(image.layers))
     assert "gimp_image_undo_group_start" not in [c[0] for c in gimpfu.CALLS]
     duplicates = [c for c in gimpfu.CALLS if c[0] == "gimp_image_delete"]
     assert len(duplicates) == (1 if breakage == "weights" else 0)
@@ -144,13 +145,13 @@ def test_failure_after_the_scale_puts_the_image_back(plugin, monkeypatch):
     module, gimpfu = plugin
     config = json.loads((module.folder / "liif_jax_gimp.json").read_text())
     image = make_image(gimpfu)
-    before = [(l.name, l.offsets, l.pixels.copy()) for l in gimpfu._walk(image.layers)]
+    before = [(layer.name, layer.offsets, layer.pixels.copy()) for layer in gimpfu._walk(image.layers)]
     monkeypatch.setenv("LIIF_JAX_TEST_FAIL_AFTER_SCALE", "1")
     with pytest.raises(RuntimeError, match="injected failure after the image was scaled"):
         module.liif_upscale(image, None, 2.0, 0, 0, False)
     assert config["weights"]  # (a real worker computed every layer first)
     assert (image.width, image.height) == (30, 20)
-    after = [(l.name, l.offsets, l.pixels) for l in gimpfu._walk(image.layers)]
+    after = [(layer.name, layer.offsets, layer.pixels) for layer in gimpfu._walk(image.layers)]
     assert [(n, o) for n, o, _ in after] == [(n, o) for n, o, _ in before]
     assert all(np.array_equal(a[2], b[2]) for a, b in zip(after, before))
     names = [c[0] for c in gimpfu.CALLS]

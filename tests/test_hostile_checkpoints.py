@@ -175,7 +175,10 @@ def test_protocol_4_frames_still_read():
     assert load_checkpoint(tf.zip_with_pickle(pickle.dumps(value, protocol=4))) == value
 
 
-def _tensor_stream(*, build_on=None, state=b"", storage=np.arange(4, dtype="<f4").tobytes()):
+FOUR_FLOATS = np.arange(4, dtype="<f4").tobytes()
+
+
+def _tensor_stream(*, build_on=None, state=b"", storage=FOUR_FLOATS):
     """A pickle rebuilding one 4-element float tensor; ``build_on`` = 'storage type',
     'rebuild function' or 'tensor' adds a BUILD opcode with ``state`` on that object."""
     o = tf.op

@@ -395,7 +395,7 @@ def test_warnings_are_not_glued_onto_the_progress_bar(capsys):
     try:
         progress.bar.update(10)
         progress.bar.refresh()  # the bar is on screen now, its line not ended
-        warnings.warn("something odd", LiifWarning)
+        warnings.warn("something odd", LiifWarning, stacklevel=1)
         progress.bar.update(10)
     finally:
         warnings.showwarning = old

@@ -179,7 +179,7 @@ def test_resume_equals_the_uninterrupted_run(photos, tmp_path, straight_run):
     second = train(tiny(log_every=5, checkpoint_every=10), photos, tmp_path, steps=20, quiet=True)
     assert second.resumed_from == 10 and second.step == 20
     assert same_params(second.params, reference.params, tol=1e-7)
-    assert second.losses == [(s, l) for s, l in reference.losses if s > 10]
+    assert second.losses == [(s, loss) for s, loss in reference.losses if s > 10]
     again = train(tiny(), photos, tmp_path, steps=20, quiet=True)  # nothing left to do
     assert again.step == 20 and again.losses == []
 
@@ -436,7 +436,7 @@ def test_two_processes_train_like_one_and_resume_from_process_0(photos, tmp_path
                                    str(tmp_path / f"wd{i}"), str(steps)], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
         outs = [p.communicate(timeout=300) for p in procs]
-        for p, (out, err) in zip(procs, outs):
+        for p, (_, err) in zip(procs, outs):
             assert p.returncode == 0, err[-2000:]
         return [out for out, _ in outs]
 

@@ -170,7 +170,7 @@ def _check_tree(tree, template, item: str, where: str):
         raise CheckpointError(f"{where}: {item} has {len(got)} arrays, expected {len(want)} "
                               f"(was it written by another config?)")
     out = []
-    for (path, value), (want_path, leaf) in zip(got, want):
+    for (_, value), (want_path, leaf) in zip(got, want):
         name = item + jax.tree_util.keystr(want_path)
         value = np.asarray(value)
         shape, dtype = tuple(leaf.shape), np.dtype(leaf.dtype)
