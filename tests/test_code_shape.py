@@ -158,6 +158,8 @@ def _literals(path: Path):
     (("bfloat16", "float32"), "constants.py"),  # the precisions
     (100_000_000, "api.py"),  # DEFAULT_MAX_PIXELS
     (15 * 60, "bridge/server.py"),  # DEFAULT_IDLE_TIMEOUT_S
+    (("20", "32", "6"), "models/shapes.py"),  # RDN_CONFIGS["A"] (20 blocks, 6 layers, growth 32)
+    (("16", "64", "8"), "models/shapes.py"),  # RDN_CONFIGS["B"]
 ])
 def test_shared_constants_are_written_once(value, home):
     where = [str(p.relative_to(LIBRARY)) for p in _modules(LIBRARY) if value in set(_literals(p))]

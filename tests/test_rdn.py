@@ -57,10 +57,8 @@ def test_rdn_halo_counts_3x3_convolutions_only():
 def test_shapes_from_the_spec_alone_equal_the_traced_model(config, g0):
     """``models.shapes`` (pure Python, checked before any tensor is read) must agree with
     what the Flax RDN really declares."""
-    from liif_jax.models.rdn import RDN_CONFIGS
-    from liif_jax.models.shapes import _RDN_CONFIGS, param_shapes
+    from liif_jax.models.shapes import param_shapes
 
-    assert _RDN_CONFIGS == RDN_CONFIGS
     spec = normalize_spec(rdn_spec(RDNconfig=config, G0=g0))
     assert param_shapes(spec) == expected_param_shapes(build_model(spec))
 

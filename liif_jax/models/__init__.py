@@ -5,7 +5,8 @@ from __future__ import annotations
 from liif_jax.models.edsr import EDSR
 from liif_jax.models.liif import LIIF, gather_features
 from liif_jax.models.mlp import MLP
-from liif_jax.models.rdn import RDN, RDN_CONFIGS
+from liif_jax.models.rdn import RDN
+from liif_jax.models.shapes import RDN_CONFIGS
 from liif_jax.models.spec import normalize_spec
 
 __all__ = ["EDSR", "LIIF", "MLP", "RDN", "build_model", "gather_features", "normalize_spec"]

@@ -33,9 +33,6 @@ import jax.numpy as jnp
 
 from liif_jax.models.edsr import _masked
 
-# (D blocks, C convolutions per block, G growth) of the original's two configurations.
-RDN_CONFIGS = {"A": (20, 6, 32), "B": (16, 8, 64)}
-
 
 class ConvParams(nn.Module):
     """Holds one convolution's parameters (kernel HWIO, bias) under its own name, as

@@ -65,15 +65,16 @@ def _edsr_shapes(enc: dict) -> tuple[dict, int]:
 
 
 # (D blocks, C convolutions per block, G growth) of RDN's configs; the same table as
-# liif_jax.models.rdn.RDN_CONFIGS, repeated so this module needs no JAX (tests compare them).
-_RDN_CONFIGS = {"A": (20, 6, 32), "B": (16, 8, 64)}
+# (D blocks, C convolutions per block, G growth) of the original's two RDN configurations;
+# defined here, where no JAX is needed, and used by models/rdn.py.
+RDN_CONFIGS = {"A": (20, 6, 32), "B": (16, 8, 64)}
 
 
 def _rdn_shapes(enc: dict) -> tuple[dict, int]:
     """RDN without upsampler (models/rdn.py): SFENet1, SFENet2, D blocks x (C growing 3x3
     convs, 1x1 LFF), GFF_0 (1x1 over the D block outputs), GFF_1 (3x3)."""
     g0 = enc["G0"]
-    n_blocks, n_layers, growth = _RDN_CONFIGS[enc["RDNconfig"]]
+    n_blocks, n_layers, growth = RDN_CONFIGS[enc["RDNconfig"]]
     shapes = _prefixed("SFENet1", _conv(3, 3, g0))
     shapes.update(_prefixed("SFENet2", _conv(3, g0, g0)))
     for i in range(n_blocks):

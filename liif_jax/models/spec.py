@@ -14,6 +14,7 @@ import math
 import reprlib
 
 from liif_jax.errors import CheckpointError
+from liif_jax.models.shapes import RDN_CONFIGS
 
 SUPPORTED = (
     "supported: model 'liif' with encoder 'edsr-baseline', 'edsr' or 'rdn' (no_upsampling) "
@@ -29,7 +30,6 @@ _EDSR_DEFAULTS = {
 }
 # Defaults of the original's make_rdn (models/rdn.py): config B, the released rdn-liif.pth.
 _RDN_DEFAULTS = {"G0": 64, "RDNkSize": 3, "RDNconfig": "B", "scale": 2, "no_upsampling": False}
-_RDN_CONFIGS = ("A", "B")
 _LIIF_DEFAULTS = {"local_ensemble": True, "feat_unfold": True, "cell_decode": True}
 
 # Upper bounds on what a spec may ask for, checked before any model is built or any tensor
@@ -115,7 +115,7 @@ def _normalize_rdn_args(given) -> dict:
     enc_args = {**_RDN_DEFAULTS, **given}
     if not enc_args["no_upsampling"]:
         raise _refuse("an RDN encoder with its upsampler (LIIF uses no_upsampling=True)")
-    if enc_args["RDNconfig"] not in _RDN_CONFIGS:
+    if enc_args["RDNconfig"] not in RDN_CONFIGS:
         raise _refuse(f"RDNconfig {enc_args['RDNconfig']!r} (the original defines 'A' and 'B')")
     k_size = enc_args["RDNkSize"]
     if isinstance(k_size, bool) or not isinstance(k_size, int) or k_size != 3:
