@@ -46,7 +46,9 @@ def test_crops_and_bicubic_baseline_match_the_reference_everywhere(name):
 def test_liif_psnr_reproduces_the_original(real_model, scale):
     record = evaluate_image("astronaut", photo("astronaut"), scale, real_model)
     _, _, liif_db, bicubic_db = REFERENCE["astronaut"][scale]
-    assert abs(record.psnr - liif_db) <= 0.01
+    # README: "to the fourth decimal" (the reference is rounded to 4 decimals; here 28.67521
+    # and 21.63848 dB), bicubic "within 0.01 dB"
+    assert abs(record.psnr - liif_db) <= 5e-5, record.psnr
     assert abs(record.psnr_bicubic - bicubic_db) <= 0.01
     assert record.ssim > record.ssim_bicubic  # LIIF beats bicubic in SSIM too
 
