@@ -54,8 +54,8 @@ def test_beam_writes_the_clis_files_bit_for_bit(inputs, tmp_path, capsys, size_a
     assert cli_main(["upscale", str(inputs), str(cli_out), *size_args, "--weights", WEIGHTS, "-q"]) == 1  # broken.png
     code = beam_main(["--input", f"{inputs}/**", "--output", str(beam_out), *size_args, "--weights", WEIGHTS,
                       "--runner", "DirectRunner"])
-    err = capsys.readouterr().err
-    assert code == 1 and "3 upscaled, 0 skipped" in err and "1 failed" in err, err
+    out = capsys.readouterr().out
+    assert code == 1 and "3 upscaled, 0 skipped" in out and "1 failed" in out, out
     cli_files, beam_files = files_of(cli_out), files_of(beam_out)
     failed = beam_files.pop("failed.jsonl")
     assert sorted(cli_files) == sorted(beam_files) == ["a.png", "c16.png", "sub/b.jpg"]
@@ -75,8 +75,8 @@ def test_a_rerun_skips_what_exists_and_retries_the_failures(inputs, tmp_path, ca
     (inputs / "broken.png").unlink()
     Image.fromarray(skimage.data.coffee()[:20, :20]).save(inputs / "broken.png")  # fixed since
     assert beam_main(argv) == 0
-    err = capsys.readouterr().err
-    assert "1 upscaled, 2 skipped" in err and "0 failed" in err, err
+    said = capsys.readouterr().out
+    assert "1 upscaled, 2 skipped" in said and "0 failed" in said, said
     assert (out / "a.png").read_bytes() == b"kept"
     assert Image.open(out / "broken.png").size == (40, 40)
     assert not (out / "failed.jsonl").exists()  # nothing failed this time

@@ -403,18 +403,18 @@ def test_folder_keeps_the_tree_skips_existing_and_overwrites(tmp_path, capsys):
     src, dst = tmp_path / "in", tmp_path / "out"
     _make_tree(src)
     tiny = ["--weights", TINY / "tiny-liif.pth", "-q"]
-    code, _, err = run(capsys, "upscale", src, dst, "--scale", "2", *tiny)
+    code, out, err = run(capsys, "upscale", src, dst, "--scale", "2", *tiny)
     assert code == 0, err
     assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file()) == \
         ["a/b/three.jpg", "a/two.png", "one.png"]
     assert Image.open(dst / "a" / "two.png").size == (64, 64)
-    assert "3 upscaled, 0 skipped" in err and "0 failed" in err
+    assert "3 upscaled, 0 skipped" in out and "0 failed" in out and err == ""  # the summary is the result
     stamp = (dst / "one.png").stat().st_mtime_ns
-    code, _, err = run(capsys, "upscale", src, dst, "--scale", "2", *tiny)
-    assert code == 0 and "0 upscaled, 3 skipped" in err
+    code, out, err = run(capsys, "upscale", src, dst, "--scale", "2", *tiny)
+    assert code == 0 and "0 upscaled, 3 skipped" in out
     assert (dst / "one.png").stat().st_mtime_ns == stamp
-    code, _, err = run(capsys, "upscale", src, dst, "--scale", "2", "--overwrite", *tiny)
-    assert code == 0 and "3 upscaled, 0 skipped" in err
+    code, out, err = run(capsys, "upscale", src, dst, "--scale", "2", "--overwrite", *tiny)
+    assert code == 0 and "3 upscaled, 0 skipped" in out
     assert (dst / "one.png").stat().st_mtime_ns != stamp
 
 
@@ -422,12 +422,12 @@ def test_folder_with_a_bad_image_reports_it_and_goes_on(tmp_path, capsys):
     src, dst = tmp_path / "in", tmp_path / "out"
     _make_tree(src)
     (src / "a" / "broken.png").write_bytes(b"\x89PNG but not really")
-    code, _, err = run(capsys, "upscale", src, dst, "--scale", "2", "--format", "webp",
-                       "--weights", TINY / "tiny-liif.pth", "-q")
+    code, out, err = run(capsys, "upscale", src, dst, "--scale", "2", "--format", "webp",
+                         "--weights", TINY / "tiny-liif.pth", "-q")
     assert code == 1
-    lines = err.strip().splitlines()
-    assert lines[0] == "liif-jax: error: a/broken.png: input 'broken.png' is not an image file Pillow can read"
-    assert lines[-1].startswith("3 upscaled, 0 skipped") and lines[-1].endswith("1 failed")
+    assert err.strip().splitlines() == [
+        "liif-jax: error: a/broken.png: input 'broken.png' is not an image file Pillow can read"]
+    assert out.startswith("3 upscaled, 0 skipped") and out.rstrip().endswith("1 failed")
     assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file()) == \
         ["a/b/three.webp", "a/two.webp", "one.webp"]
 
@@ -481,7 +481,7 @@ def test_distributed_folder_split_over_two_local_processes(tmp_path):
              for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    summaries = [o[1].strip().splitlines()[-1] for o in outs]
+    summaries = [o[0].strip().splitlines()[-1] for o in outs]  # stdout: the summary is the result
     assert summaries[0].startswith("process 0/2: 2 upscaled")  # 3 images: 2 + 1
     assert summaries[1].startswith("process 1/2: 1 upscaled")
     assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file()) == \

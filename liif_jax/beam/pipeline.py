@@ -292,7 +292,7 @@ def run(argv=None) -> int:
     failed = counts.get("failed", 0)
     note = f" (see {ns.output.rstrip('/')}/{FAILED_NAME})" if failed else ""
     print(f"{counts.get('upscaled', 0)} upscaled, {counts.get('skipped', 0)} skipped (already there; "
-          f"--overwrite redoes them), {failed} failed{note}", file=sys.stderr)
+          f"--overwrite redoes them), {failed} failed{note}")  # the result: stdout, as upscale's
     return 1 if failed else 0
 
 

@@ -16,9 +16,8 @@ from liif_jax.errors import CheckpointError, RequestError
 
 def upscale_request(args):
     """The ``UpscaleRequest`` of ``upscale``'s options (the size given exactly one way)."""
-    from liif_jax.folders import UpscaleRequest
-
     from liif_jax.cli.parser import size_fields
+    from liif_jax.folders import UpscaleRequest
 
     return UpscaleRequest(**size_fields(args.scale, args.size, args.width, args.height),
                           region=args.region, tile=args.tile, max_memory=args.max_memory,
@@ -76,8 +75,10 @@ def run_upscale_folder(args, request) -> int:
                                 on_error=lambda failure: progress.write(f"{PROG}: error: {failure}"))
     finally:
         progress.close()
+    # The summary is the command's result (stdout, as a single file's result line); the
+    # errors above it went to stderr.
     print(f"{prefix}{result.upscaled} upscaled, {result.skipped} skipped (already there; --overwrite "
-          f"redoes them), {len(result.failures)} failed", file=sys.stderr)
+          f"redoes them), {len(result.failures)} failed")
     return 1 if result.failures else 0
 
 
