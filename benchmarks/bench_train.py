@@ -50,15 +50,18 @@ def loader_rate(data, config, threads: int, n: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-def grain_rate(data, config, threads: int, workers: int, n: int) -> float:
+def grain_rate(data, config, threads: int, workers: int, n: int, steady: bool = False) -> float:
+    """Batches/s of the grain pipeline over ``n`` batches; ``steady``: from the first batch on
+    (worker processes take seconds to start: each imports JAX)."""
     from liif_jax.train.pipeline import GrainLoader
 
     t = time.perf_counter()
     with GrainLoader(data, config.batch_size, config.seed, 0, n, threads=threads, depth=4,
                      workers=workers) as loader:
-        for _ in loader:
-            pass
-    return n / (time.perf_counter() - t)
+        for i, _ in enumerate(loader):
+            if i == 0 and steady:
+                t = time.perf_counter()
+    return (n - 1 if steady else n) / (time.perf_counter() - t)
 
 
 def step_rate(config, data, steps: int):
@@ -139,11 +142,16 @@ def main():
                       f"loader's {t_med:.1f} (grain / threads = {g_med / t_med:.2f})")
                 workers = auto_workers(-1 if args.grain_workers is None else args.grain_workers)
                 if workers:
-                    rate = grain_rate(data, config, config.loader_threads, workers, n_load)
-                    print(f"grain, {workers} worker processes: {rate:.1f} batches/s (incl. starting them)")
+                    rate = grain_rate(data, config, config.loader_threads, workers, 4 * n_load, steady=True)
+                    print(f"grain, {workers} worker processes: {rate:.1f} batches/s once started "
+                          f"({rate / one:.2f}x the one-thread loader)")
                 else:
                     print("grain worker processes: none by default on this host (2 cores or fewer beyond "
                           "the trainer; --grain-workers N times them anyway)")
+                # What a 16-core GPU host would get, from this run's one-core figure: grain's
+                # automatic count there is 8 worker processes (cores - 2, at most 8).
+                print(f"projection, not a measurement: 8 worker processes on a 16-core host feed at most "
+                      f"about {8 * one:.0f} batches/s (8 x this run's one-thread rate, if it scales linearly)")
             if args.loader_only:
                 continue
             rate, compile_s = step_rate(config, data, steps)

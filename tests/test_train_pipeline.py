@@ -107,13 +107,15 @@ def test_batches_are_c_contiguous_so_workers_pass_them_in_shared_memory(data):
             assert all(x.flags.c_contiguous for x in batch)
 
 
-def test_closing_with_batches_in_flight_ends_the_workers_cleanly(tmp_path):
+@pytest.mark.parametrize("taken", ["one", "all"])
+def test_closing_with_batches_in_flight_ends_the_workers_cleanly(tmp_path, taken):
     import subprocess
     import sys
 
     # The resource tracker reports leaked shared memory only when the interpreter exits, so
-    # this runs in a process of its own: take one batch of many, close, exit. grain's close()
-    # kills a worker that has not ended after 25 s; every worker must end by itself.
+    # this runs in a process of its own: take one batch of many (or all of them), close, exit.
+    # grain's close() kills a worker that has not ended after 25 s; every worker must end by
+    # itself, and the shared memory of every batch taken must be freed before the exit.
     script = tmp_path / "close_early.py"
     script.write_text(
         "import multiprocessing.process, sys\n"
@@ -128,14 +130,16 @@ def test_closing_with_batches_in_flight_ends_the_workers_cleanly(tmp_path):
         "if __name__ == '__main__':\n"
         "    data = ImplicitDownsampled(sys.argv[1], inp_size=48, repeat=16)\n"
         "    loader = GrainLoader(data, 16, seed=0, start=0, stop=40, workers=2, depth=4)\n"
-        "    next(iter(loader))\n"
+        "    batches = iter(loader)\n"
+        "    for _ in range(1 if sys.argv[2] == 'one' else 40):\n"
+        "        next(batches)\n"
         "    loader.close()\n"
         "    print('closed; workers killed:', len(killed), flush=True)\n")
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(2):  # the paper's batch: 48x48 crops at scales up to 4 need 192 pixels a side
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (200, 200, 3), np.uint8)).save(photos / f"{i}.png")
-    proc = subprocess.run([sys.executable, str(script), str(photos)], capture_output=True,
+    proc = subprocess.run([sys.executable, str(script), str(photos), taken], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "closed; workers killed: 0" in proc.stdout  # grain kills a worker that does not stop

@@ -105,6 +105,23 @@ def _absl_flags_parsed():
         flags.FLAGS.mark_as_parsed()
 
 
+def _release_shared_memory():
+    """Batches from grain's worker processes live in shared memory that grain unlinks when
+    the last array using it is freed -- some only by the cycle collector, and then on a
+    background thread. Left to the end of the program, the resource tracker reports them as
+    leaked (and unlinks them itself): free them now and wait for that thread."""
+    import gc
+
+    gc.collect()
+    try:  # grain's own deleter pool (a private name: without it there is nothing to wait for)
+        from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+    except ImportError:
+        return
+    pool = getattr(SharedMemoryArray, "_del_thread_pool", None)
+    if pool is not None:
+        pool.apply(int)  # one thread, first in first out: runs after every queued deletion
+
+
 class GrainLoader:
     """Host batches for global steps ``start .. stop-1`` from the grain pipeline above.
 
@@ -158,17 +175,23 @@ class GrainLoader:
                 "process_count": self.process_count, "grain": json.dumps(self._iterator.get_state())}
 
     def __iter__(self):
+        for _ in range(self.start, self.stop):
+            # No local names the batch: a paused generator then holds no shared memory.
+            yield self._next_batch()
+
+    def _next_batch(self):
         from liif_jax.train.step import Batch
 
-        for _ in range(self.start, self.stop):
-            step, fields = next(self._iterator)
-            yield int(step), Batch(*fields)
+        step, fields = next(self._iterator)
+        return int(step), Batch(*fields)
 
     def close(self):
         close = getattr(self._iterator, "close", None)
         if close is not None:
             close()
         self._iterator = None
+        if self.workers > 0:
+            _release_shared_memory()
 
     def __enter__(self):
         return self
