@@ -28,7 +28,8 @@ import liif_bridge_client as bridge  # noqa: E402
 def timed(client, pixels, scale):
     h, w = pixels.shape[:2]
     start = time.perf_counter()
-    _, _, _, compute, kind = client.upscale(w, h, "RGBA", "u8", pixels.tobytes(), scale=scale)
+    result = client.upscale(w, h, "RGBA", "u8", pixels.tobytes(), scale=scale)
+    compute, kind = result.compute_s, result.channel
     wall = time.perf_counter() - start
     return {"channel": kind, "wall_s": round(wall, 3), "compute_s": round(compute, 3),
             "overhead_s": round(wall - compute, 3)}

@@ -348,9 +348,10 @@ def _probe_upscale(folder: Path) -> str:
     client.start_server = False
     started = time.monotonic()
     pixels = bytes(range(4 * 3 * 3))
-    w, h, data, _, _ = client.upscale(4, 3, "RGB", "u8", pixels, size=(8, 6))
-    if (w, h, len(data)) != (8, 6, 8 * 6 * 3):
-        raise LiifError(f"the worker answered {w}x{h} with {len(data)} bytes for an 8x6 RGB request")
+    result = client.upscale(4, 3, "RGB", "u8", pixels, size=(8, 6))
+    if (result.width, result.height, len(result.data)) != (8, 6, 8 * 6 * 3):
+        raise LiifError(f"the worker answered {result.width}x{result.height} with {len(result.data)} bytes "
+                        f"for an 8x6 RGB request")
     via = f"the worker at {os.path.expandvars(client.socket)}" if client.socket else client.python
     return f"4x3 -> 8x6 through {via} in {time.monotonic() - started:.1f} s"
 
