@@ -12,7 +12,13 @@ them) and are the same classes here.
 
 from convert_weights.errors import CheckpointError, LiifError, UnsafeCheckpointError
 
-__all__ = ["CheckpointError", "LiifError", "UnsafeCheckpointError", "ImageError", "RequestError",
+def one_line(message) -> str:
+    """``message`` (an exception or text) as one line: every run of whitespace, newlines
+    included, becomes one space -- how every error reaches a user, a log or the bridge."""
+    return " ".join(str(message).split())
+
+
+__all__ = ["one_line", "CheckpointError", "LiifError", "UnsafeCheckpointError", "ImageError", "RequestError",
            "OutputError", "Cancelled", "TrainingInterrupted", "DataPipelineError", "NonFiniteParams",
            "OtherModelError", "LoaderChoiceError", "LiifWarning"]
 

@@ -172,7 +172,7 @@ def evaluate_folder(root, scales, model, *, protocol: str = "div2k", precision: 
     be read, or a scale too large for an image, is passed to ``on_error`` as it happens and
     listed in the result; the rest is measured. ``progress(done, total)`` counts (image, scale)
     pairs."""
-    from liif_jax.errors import LiifError
+    from liif_jax.errors import LiifError, one_line
     from liif_jax.imageio import read_input, to_uint8
 
     root = Path(root)
@@ -181,7 +181,7 @@ def evaluate_folder(root, scales, model, *, protocol: str = "div2k", precision: 
     result = FolderEvaluation()
 
     def fail(rel, scale, exc):
-        failure = EvalFailure(str(rel), scale, " ".join(str(exc).split()))
+        failure = EvalFailure(str(rel), scale, one_line(exc))
         result.failures.append(failure)
         if on_error is not None:
             on_error(failure)

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from liif_jax.api import DEFAULT_MAX_PIXELS
-from liif_jax.errors import LiifError, RequestError
+from liif_jax.errors import LiifError, RequestError, one_line
 from liif_jax.imageio import DEFAULT_QUALITY, IMAGE_EXTENSIONS, OUTPUT_FORMATS, find_images
 
 
@@ -199,9 +199,9 @@ def upscale_folder(work: FolderWork, request: UpscaleRequest, model, *,
             upscale_file(job.src, job.dst, request, model, _share(progress, done_px, n_px, total))
             result.upscaled += 1
         except LiifError as exc:
-            failure = FileFailure(job.rel, _one_line(exc))
+            failure = FileFailure(job.rel, one_line(exc))
         except OSError as exc:
-            failure = FileFailure(job.rel, exc.strerror or _one_line(exc))
+            failure = FileFailure(job.rel, exc.strerror or one_line(exc))
         if failure is not None:
             result.failures.append(failure)
             if on_error is not None:
@@ -222,7 +222,3 @@ def _share(progress, offset: int, n_px: int, total: int):
             return progress(offset + int(n_px * done / image_total), total)
         return None
     return report
-
-
-def _one_line(message) -> str:
-    return " ".join(str(message).split())

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from liif_jax.atomic import atomic_output
-from liif_jax.errors import ImageError, LiifWarning, OutputError
+from liif_jax.errors import ImageError, LiifWarning, OutputError, one_line
 
 # The one extension table of image inputs (upscale folders, eval, train): input extension ->
 # the output extension a folder run writes it as without --format. Formats we can write keep
@@ -181,7 +181,7 @@ def read_image(path) -> tuple[FloatImage, ImageMeta]:
         except PermissionError:
             raise ImageError(f"cannot read {what}: permission denied") from None
         except Exception as exc:  # noqa: BLE001 - decoders raise anything on hostile bytes
-            detail = _one_line(str(exc)) or type(exc).__name__
+            detail = one_line(str(exc)) or type(exc).__name__
             raise ImageError(f"{what} is damaged or truncated ({detail[:80]})") from None
 
 
@@ -221,7 +221,7 @@ def read_input(path) -> tuple[FloatImage, ImageMeta]:
     seen = set()
     for message in [w.message for w in caught] + [r.getMessage() for r in held]:
         own = isinstance(message, LiifWarning)
-        text = _one_line(str(message))
+        text = one_line(str(message))
         if text in seen:
             continue
         seen.add(text)
@@ -270,10 +270,6 @@ def open_input(path, what: str | None = None):
     except BaseException:
         os.close(fd)
         raise
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF

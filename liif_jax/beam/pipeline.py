@@ -35,7 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from liif_jax.errors import LiifError, RequestError
+from liif_jax.errors import LiifError, RequestError, one_line
 
 PROG = "python -m liif_jax.beam"
 FAILED_NAME = "failed.jsonl"
@@ -108,10 +108,6 @@ class _LocalCopy:
             os.unlink(self.tmp)
 
 
-def _one_line(message) -> str:
-    return " ".join(str(message).split())
-
-
 def upscale_request(ns):
     """The ``liif_jax.folders.UpscaleRequest`` of this command's options."""
     from liif_jax.cli.parser import size_fields
@@ -156,9 +152,9 @@ class LiifModelHandler(ModelHandler):
                 upscale_file(src, dst, upscale_request(self.options), model)
             return Outcome(job)
         except LiifError as exc:
-            return Outcome(job, _one_line(exc))
+            return Outcome(job, one_line(exc))
         except OSError as exc:
-            return Outcome(job, _one_line(exc.strerror or exc))
+            return Outcome(job, one_line(exc.strerror or exc))
         except MemoryError:
             return Outcome(job, "out of memory (try a smaller output or --max-memory)")
 
@@ -314,6 +310,6 @@ def main(argv=None) -> int:
     try:
         return run(argv)
     except LiifError as exc:
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
 

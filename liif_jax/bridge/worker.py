@@ -22,7 +22,7 @@ import time
 
 from liif_jax.bridge import protocol
 from liif_jax.bridge.protocol import ProtocolError
-from liif_jax.errors import Cancelled, LiifError
+from liif_jax.errors import Cancelled, LiifError, one_line
 
 PROGRESS_INTERVAL_S = 0.1
 # Payload bytes held for jobs queued or running, beyond the first such job (which may be as
@@ -42,7 +42,7 @@ def _error_code(exc: Exception) -> str:
 
 
 def _one_line(text) -> str:
-    return " ".join(str(text).split())[:500]
+    return one_line(text)[:500]  # a message line on the wire stays short
 
 
 class SharedModel:

@@ -13,9 +13,9 @@ import os
 import sys
 import warnings
 
-from liif_jax.cli.output import PROG, Progress, one_line, show_warning
+from liif_jax.cli.output import PROG, Progress, show_warning
 from liif_jax.cli.parser import build_parser, convert_parser
-from liif_jax.errors import LiifError
+from liif_jax.errors import LiifError, one_line
 
 __all__ = ["PROG", "build_parser", "convert_main", "main", "run"]
 

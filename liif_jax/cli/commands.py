@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 
-from liif_jax.cli.output import PROG, Progress, one_line
-from liif_jax.errors import CheckpointError, RequestError
+from liif_jax.cli.output import PROG, Progress
+from liif_jax.errors import CheckpointError, RequestError, one_line
 
 
 def upscale_request(args):

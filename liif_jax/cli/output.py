@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import sys
 
-from liif_jax.errors import LiifWarning
+from liif_jax.errors import LiifWarning, one_line
 
 PROG = "liif-jax"
 
 
-def one_line(message) -> str:
-    return " ".join(str(message).split())
 
 
 class Progress:
