@@ -10,7 +10,8 @@ enough for the paper's 192-pixel crops):
   config's thread count, and of the grain pipeline (``train.pipeline.GrainLoader``, the
   default) with the same threads in-process and with worker processes (one per core beyond
   two, when the host has them) -- how fast the host can feed the device, each loader timed
-  in turn in the same run, interleaved twice (median);
+  in turn in the same run, interleaved three times (median); both with the thread count
+  training uses (``loader_threads``, at most one per core);
 - the jitted training step alone on a prepared batch: steps/s after compilation (median of
   3 timed runs of --steps steps each) and the compile time;
 - the whole loop, ``liif_jax.train.loop.train`` with the threaded loader, logging and one
@@ -98,6 +99,7 @@ def main():
     from liif_jax.models import build_model
     from liif_jax.train.data import ImplicitDownsampled
     from liif_jax.train.loop import train
+    from liif_jax.train.pipeline import auto_workers, host_threads, usable_cores
     from liif_jax.train.step import init_params
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,27 +124,28 @@ def main():
             print(f"\n== config {name}: {n_params:,} parameters, batch {config.batch_size}, "
                   f"{config.inp_size}x{config.inp_size} LR crops, {config.sample_q} queries each")
             n_load = args.loader_batches or max(8, min(steps, 50))
+            # what training runs: the config's thread count, at most one per core
+            threads = host_threads(config.loader_threads)
             one = loader_rate(data, config, 1, n_load)
-            many = loader_rate(data, config, config.loader_threads, n_load)
-            print(f"loader: {one:.1f} batches/s on 1 thread, {many:.1f} on {config.loader_threads} "
-                  f"({many / one:.2f}x)")
+            many = loader_rate(data, config, threads, n_load)
+            print(f"loader: {one:.1f} batches/s on 1 thread, {many:.1f} on {threads} "
+                  f"({many / one:.2f}x; config {config.loader_threads}, {usable_cores()} cores)")
             try:
-                from liif_jax.train.pipeline import auto_workers
                 import grain  # noqa: F401
             except ImportError:
                 print("grain: not installed (pip install grain); skipped")
             else:
                 # Alternate the two loaders so a busy shared host slows both alike.
                 threads_runs, grain_runs = [], []
-                for _ in range(2):
-                    threads_runs.append(loader_rate(data, config, config.loader_threads, n_load))
-                    grain_runs.append(grain_rate(data, config, config.loader_threads, 0, n_load))
+                for _ in range(3):
+                    threads_runs.append(loader_rate(data, config, threads, n_load))
+                    grain_runs.append(grain_rate(data, config, threads, 0, n_load))
                 t_med, g_med = statistics.median(threads_runs), statistics.median(grain_runs)
-                print(f"grain, {config.loader_threads} threads in-process: {g_med:.1f} batches/s vs the threaded "
+                print(f"grain, {threads} threads in-process: {g_med:.1f} batches/s vs the threaded "
                       f"loader's {t_med:.1f} (grain / threads = {g_med / t_med:.2f})")
                 workers = auto_workers(-1 if args.grain_workers is None else args.grain_workers)
                 if workers:
-                    rate = grain_rate(data, config, config.loader_threads, workers, 4 * n_load, steady=True)
+                    rate = grain_rate(data, config, threads, workers, 4 * n_load, steady=True)
                     print(f"grain, {workers} worker processes: {rate:.1f} batches/s once started "
                           f"({rate / one:.2f}x the one-thread loader)")
                 else:

@@ -26,7 +26,9 @@ i.e. 7 minutes; a section that would start later is skipped and says so):
    a second call) and peak device memory (``memory_stats()['peak_bytes_in_use']``).
 5. ``train``: the paper config (batch 16) on scikit-image's photos: the jitted step's steps/s
    at highest matmul precision (exact float32) and at the default precision (TF32 on NVIDIA),
-   and the host loader's batches/s beside them. (Training in bfloat16 is not implemented.)
+   and the host loaders' batches/s beside them: the threaded loader, and grain in-process and
+   with its automatic worker processes (grain is not in the GPU machine's image: carry it
+   from ``benchmarks/fetch_device_wheels.sh``). (Training in bfloat16 is not implemented.)
 6. ``chunks``: the decoder's chunk shape swept on the first case in bfloat16 (tuning data for
    ``engine.backend_profile``).
 """
@@ -283,9 +285,28 @@ def big(args):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def grain_figures(data, config, threads, n):
+    """The grain pipeline as training runs it on this host: in-process, and with the automatic
+    worker count (one per core beyond two, at most 8), timed once the workers are up."""
+    from bench_train import grain_rate
+
+    from liif_jax.train.pipeline import auto_workers, grain_available
+
+    if not grain_available():
+        return {"grain": "not installed (bash benchmarks/fetch_device_wheels.sh .gpu; see its header)"}
+    out = {"grain_in_process_batches_per_s": round(grain_rate(data, config, threads, 0, n), 1)}
+    workers = auto_workers(-1)
+    if workers:
+        out["grain_workers"] = workers
+        out["grain_workers_batches_per_s"] = round(grain_rate(data, config, threads, workers, 4 * n, steady=True), 1)
+    return out
+
+
 def train(sizes):
     import jax
     from bench_train import loader_rate, photo_folder
+
+    from liif_jax.train.pipeline import host_threads, usable_cores
 
     from liif_jax.configs import load_config
     from liif_jax.models import build_model
@@ -299,9 +320,11 @@ def train(sizes):
         photos = photo_folder(Path(tmp))
         data = ImplicitDownsampled.from_config(photos, config)
         data.preload()
-        result["loader_batches_per_s"] = round(loader_rate(data, config, config.loader_threads,
-                                                           sizes["loader_batches"]), 1)
-        result["loader_threads"] = config.loader_threads
+        threads = host_threads(config.loader_threads)
+        result["loader_threads"] = threads
+        result["loader_cores"] = usable_cores()
+        result["loader_batches_per_s"] = round(loader_rate(data, config, threads, sizes["loader_batches"]), 1)
+        result.update(grain_figures(data, config, threads, sizes["loader_batches"]))
         module = build_model(config.model)
         optimizer = make_optimizer(config)
         epoch, items = data.step_items(0, config.batch_size, config.seed)
@@ -379,6 +402,9 @@ def table(report):
         add(f"train {t['config']} batch {t['batch']}", f"{t['steps_per_s_highest']} steps/s "
             f"(float32 highest), {t['steps_per_s_default']} (default precision); loader "
             f"{t['loader_batches_per_s']} batches/s")
+        if "grain_in_process_batches_per_s" in t:
+            add(f"grain loader, {t['loader_cores']} cores", f"{t['grain_in_process_batches_per_s']} batches/s "
+                f"in-process, {t.get('grain_workers_batches_per_s', '-')} with {t.get('grain_workers', 0)} workers")
     for row in s.get("chunks", {}).get("rows", []):
         add(f"chunk {row['chunk']} x {row['chunks_per_call']}", f"{row['mpx_per_s']} Mpx/s")
     return "\n".join(lines)

@@ -31,6 +31,8 @@ def test_gpu_check_runs_every_section_in_smoke_mode(tmp_path):
                                     "seconds": sections["original"]["seconds"]}
     assert sections["big"]["shape"] == [80, 48, 3]
     assert sections["train"]["steps_per_s_highest"] > 0
+    assert sections["train"]["grain_in_process_batches_per_s"] > 0  # grain is a core dependency
+    assert sections["train"]["loader_threads"] <= sections["train"]["loader_cores"]
     assert "| parity, 3 goldens |" in proc.stdout
 
 

@@ -10,6 +10,7 @@ from liif_jax.train.data import BatchLoader, ImplicitDownsampled
 
 grain = pytest.importorskip("grain", reason="grain is not installed (pip install grain)")
 
+from liif_jax.train import pipeline  # noqa: E402
 from liif_jax.train.pipeline import GrainLoader, ThreadLoader, auto_workers  # noqa: E402
 
 
@@ -96,6 +97,24 @@ def test_automatic_worker_count():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert auto_workers(3) == 3 and auto_workers(0) == 0
     assert auto_workers(-1) == max(0, min(8, cores - 2))
+
+
+@pytest.mark.parametrize("loader", ["grain", "threads"])
+def test_loader_threads_are_capped_at_the_cores(data, monkeypatch, loader):
+    # The sampler holds the GIL for much of an item: threads beyond the cores only queue for it.
+    import dataclasses
+
+    from liif_jax.configs import load_config
+
+    config = dataclasses.replace(load_config("tiny"), loader=loader, loader_threads=4, loader_workers=0)
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 2)
+    assert pipeline.host_threads(4) == 2 and pipeline.host_threads(1) == 1
+    with pipeline.make_loader(data, config, 0, 1) as made:
+        assert made.kind == loader and made.threads == 2
+        assert [s for s, _ in made] == [0]
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 16)
+    with pipeline.make_loader(data, config, 0, 1) as made:
+        assert made.threads == 4
 
 
 def test_batches_are_c_contiguous_so_workers_pass_them_in_shared_memory(data):

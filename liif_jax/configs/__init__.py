@@ -63,7 +63,7 @@ class TrainConfig:
     val_scales: tuple = (2.0, 3.0, 4.0)
     val_max_images: int = 10
     # host data loading
-    loader_threads: int = 4
+    loader_threads: int = 4  # threads per loader process, at most one per core (pipeline.host_threads)
     prefetch_batches: int = 4
     loader: str = "grain"  # "grain" (liif_jax.train.pipeline; threads if grain is absent) or "threads"
     loader_workers: int = -1  # grain worker processes; -1: one per core beyond two, at most 8

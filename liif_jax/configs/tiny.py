@@ -2,7 +2,8 @@
 
 EDSR-baseline with 2 blocks of 8 features, an MLP of [16, 16], 16x16 LR crops, 256 queries
 per crop. The learning rate is 1e-3 (not the paper's 1e-4) so a few dozen steps visibly
-lower the loss.
+lower the loss. One loader thread: a batch is about 2 ms of mostly GIL-held work, and a
+second thread only waits for the GIL (``benchmarks/bench_train.py --configs tiny``).
 """
 
 from liif_jax.configs import TrainConfig
@@ -18,5 +19,5 @@ def get_config() -> TrainConfig:
         inp_size=16, sample_q=256, repeat=1, batch_size=4, lr=1e-3,
         lr_decay_steps=(500, 1000), total_steps=1500,
         log_every=10, checkpoint_every=50, keep_checkpoints=3, val_every=100,
-        val_scales=(2.0, 4.0), val_max_images=4, loader_threads=2, prefetch_batches=2,
+        val_scales=(2.0, 4.0), val_max_images=4, loader_threads=1, prefetch_batches=2,
     )

@@ -216,8 +216,8 @@ def _train(config, data, workdir, steps, init_from, val_data, devices, quiet, ec
             (workdir / "config.json").write_text(config.to_json() + "\n", encoding="utf-8")
         checkpointer = ckpt.Checkpointer(workdir, config.keep_checkpoints)
         for skip in search.skipped:
-            aside = f"; moved to {ckpt.SKIPPED_DIR}/" if skip.path.is_dir() else ""
-            warnings.warn(f"skipping {skip.reason}{aside}", LiifWarning, stacklevel=3)
+            aside = f" and moved to {ckpt.SKIPPED_DIR}/" if skip.path.is_dir() else ""
+            warnings.warn(f"{skip.reason}; skipped{aside}", LiifWarning, stacklevel=3)
         checkpointer.set_aside(search.skipped)
         restored = search.restored
         if restored is not None:
@@ -351,6 +351,8 @@ def _run(config, dataset, per_epoch, pairs, workdir, stop, devices, quiet, echo,
     pending, t_last, n_last = [], time.perf_counter(), start
     loader = make_loader(dataset, config, start, stop, process_index=jax.process_index(),
                          process_count=jax.process_count(), state=data_state, note=log.line)
+    log.line(f"input pipeline: {loader.kind}, {loader.threads} thread(s)"
+             + (f", {loader.workers} worker processes" if loader.workers else ""))
     done = start
     try:
         with loader:
