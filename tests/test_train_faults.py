@@ -68,6 +68,30 @@ def test_all_checkpoints_unreadable_restart_and_keep_the_new_ones(photos, tmp_pa
     assert again.resumed_from == 6 and close(again.params, straight[8])
 
 
+def test_an_unreadable_checkpoint_is_one_warning_line_in_the_cli(photos, tmp_path):
+    """A failed Orbax restore closes its event loop while TensorStore's other reads are still in
+    flight; each then failed to wake the closed loop and Python printed the error as a
+    traceback: 72 of them on stderr for one cut-short tiny checkpoint."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    train(tiny(), photos, tmp_path, steps=4, quiet=True)
+    cut_arrays(ckpt.checkpoint_path(tmp_path, 4))
+    proc = subprocess.run([sys.executable, "-m", "liif_jax", "train", "--config", "tiny", "--data", str(photos),
+                           "--workdir", str(tmp_path), "--steps", "6", "-q"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr, proc.stderr[-2000:]
+    warned = [ln for ln in proc.stderr.splitlines() if "step_00000004" in ln]
+    assert len(warned) == 1 and "is unreadable" in warned[0], proc.stderr
+    assert warned[0].endswith("; skipped and moved to skipped-checkpoints/"), warned[0]
+    assert steps_of(tmp_path)[-1] == 6
+
+
 def _write_checkpoint(workdir, step, params, opt_state, meta_changes=None):
     """A checkpoint written as the loop writes one, but with whatever content the test wants
     (the loop itself refuses to save NaN)."""

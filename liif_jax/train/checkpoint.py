@@ -34,6 +34,7 @@ the other hosts need no shared filesystem, as before.
 from __future__ import annotations
 
 import re
+import sys
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -199,13 +200,45 @@ def _zeros_like(template):
     return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), template)
 
 
+def _unreadable(where: str, exc: BaseException) -> CheckpointError:
+    """The error for a checkpoint whose restore failed -- after muting the stray callbacks a
+    failed restore leaves behind (``_mute_callbacks_into_closed_loops``)."""
+    _mute_callbacks_into_closed_loops()
+    return CheckpointError(f"{where} is unreadable ({_first_line(exc)})")
+
+
+def _mute_callbacks_into_closed_loops():
+    """Drop one kind of unraisable exception, process-wide, from now on.
+
+    Orbax runs a restore on a fresh event loop and closes it as soon as the restore raises;
+    TensorStore's reads of the other arrays still in flight then finish on their own threads
+    and try to wake that loop, and each raises RuntimeError('Event loop is closed') where no
+    one can catch it. Python prints each as a traceback (72 for one cut-short tiny checkpoint)
+    long after the reader has reported the checkpoint unreadable in one line. Only that exact
+    error, raised by asyncio for no object, is dropped; everything else reaches the hook that
+    was there before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "liif_mutes_closed_loops", False):
+        return
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if (unraisable.object is None and type(exc) is RuntimeError and str(exc) == "Event loop is closed"
+                and exc.__traceback__ is not None and "asyncio" in exc.__traceback__.tb_frame.f_code.co_filename):
+            return
+        previous(unraisable)
+
+    hook.liif_mutes_closed_loops = True
+    sys.unraisablehook = hook
+
+
 def read_meta(manager, step: int, where: str) -> dict:
     import orbax.checkpoint as ocp
 
     try:
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as exc:  # Orbax/TensorStore raise many kinds; all mean "cannot read"
-        raise CheckpointError(f"{where} is unreadable ({_first_line(exc)})") from None
+        raise _unreadable(where, exc) from None
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{where} is not a liif-jax training checkpoint")
     if str(meta.get("format_version")) != CHECKPOINT_FORMAT_VERSION:
@@ -231,7 +264,7 @@ def read_step(manager, step: int, path: Path, *, spec_json: str | None, params_t
     try:
         got = manager.restore(step, args=ocp.args.Composite(**args))
     except Exception as exc:
-        raise CheckpointError(f"{where} is unreadable ({_first_line(exc)})") from None
+        raise _unreadable(where, exc) from None
     params = _check_tree(got["params"], params_template, "params", where)
     opt_state = _check_tree(got["opt_state"], opt_template, "opt_state", where) if opt_template is not None else None
     bad = _non_finite(params) or (opt_template is not None and _non_finite(opt_state))
@@ -331,14 +364,14 @@ def latest_checkpoint(workdir):
                 try:
                     return step, path, read_meta(manager, step, f"checkpoint {path.name}")
                 except CheckpointError as exc:
-                    warnings.warn(f"skipping {exc}", LiifWarning, stacklevel=2)
+                    warnings.warn(f"{exc}; skipped", LiifWarning, stacklevel=2)
         finally:
             manager.close()
     for step, path in reversed(legacy_checkpoints(workdir)):
         try:
             return step, path, read_legacy(path)[1]
         except CheckpointError as exc:
-            warnings.warn(f"skipping {exc}", LiifWarning, stacklevel=2)
+            warnings.warn(f"{exc}; skipped", LiifWarning, stacklevel=2)
     return None
 
 
@@ -448,7 +481,7 @@ def _export_orbax(folder: Path, steps: list) -> tuple[int, Path, dict, dict]:
             except CheckpointError as exc:
                 if len(steps) == 1:
                     raise
-                warnings.warn(f"skipping {exc}", LiifWarning, stacklevel=3)
+                warnings.warn(f"{exc}; skipped", LiifWarning, stacklevel=3)
                 errors.append(str(exc))
     finally:
         manager.close()
