@@ -10,7 +10,8 @@ enough for the paper's 192-pixel crops):
   config's thread count, and of the grain pipeline (``train.pipeline.GrainLoader``, the
   default) with the same threads in-process and with worker processes (one per core beyond
   two, when the host has them) -- how fast the host can feed the device, each loader timed
-  in turn in the same run, interleaved three times (median); both with the thread count
+  in turn in the same run, back to back, ``--pairs`` times (the median of the pairs'
+  ratios); both with the thread count
   training uses (``loader_threads``, at most one per core);
 - the jitted training step alone on a prepared batch: steps/s after compilation (median of
   3 timed runs of --steps steps each) and the compile time;
@@ -107,6 +108,7 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 10 paper, 200 tiny)")
     parser.add_argument("--loader-batches", type=int, default=None, help="batches per loader timing")
     parser.add_argument("--loader-only", action="store_true", help="only the loader figures")
+    parser.add_argument("--pairs", type=int, default=5, help="back-to-back threaded/grain timings (median)")
     parser.add_argument("--grain-workers", type=int, default=None,
                         help="grain worker processes to time (default: the automatic count)")
     args = parser.parse_args()
@@ -137,12 +139,15 @@ def main():
             else:
                 # Alternate the two loaders so a busy shared host slows both alike.
                 threads_runs, grain_runs = [], []
-                for _ in range(3):
+                for _ in range(args.pairs):
                     threads_runs.append(loader_rate(data, config, threads, n_load))
                     grain_runs.append(grain_rate(data, config, threads, 0, n_load))
                 t_med, g_med = statistics.median(threads_runs), statistics.median(grain_runs)
+                # each pair ran back to back, so its ratio is free of the host's drift between pairs
+                ratios = sorted(g / t for g, t in zip(grain_runs, threads_runs))
                 print(f"grain, {threads} threads in-process: {g_med:.1f} batches/s vs the threaded "
-                      f"loader's {t_med:.1f} (grain / threads = {g_med / t_med:.2f})")
+                      f"loader's {t_med:.1f} (grain / threads = {statistics.median(ratios):.2f}, median "
+                      f"of {len(ratios)} back-to-back pairs, range {ratios[0]:.2f}-{ratios[-1]:.2f})")
                 workers = auto_workers(-1 if args.grain_workers is None else args.grain_workers)
                 if workers:
                     rate = grain_rate(data, config, threads, workers, 4 * n_load, steady=True)
