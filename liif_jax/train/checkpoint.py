@@ -34,8 +34,8 @@ the other hosts need no shared filesystem, as before.
 from __future__ import annotations
 
 import re
-import sys
 import shutil
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -64,9 +64,9 @@ def host_threads(requested: int) -> int:
     """Threads that build batches in one process: ``requested``, but never more than the cores.
 
     The sampler holds the GIL for much of an item (NumPy on small arrays, the RNG, Python);
-    threads beyond the cores only queue for it. Measured on 2 cores
-    (``benchmarks/bench_train.py``): grain on the paper config gave 80 batches/s with 2
-    threads and 66 with 4."""
+    threads beyond the cores only queue for it. On 2 cores, with 4 threads for paper and 2 for
+    tiny, grain measured 1.02x and 0.92x the threaded loader; capped, 1.16x and 1.40x
+    (``benchmarks/bench_train.py --loader-only``, docs/training.md)."""
     return max(1, min(requested, usable_cores()))
 
 
