@@ -21,8 +21,11 @@ TINY_PTH = str(TINY / "tiny-liif.pth")
 class Bridge:
     def __init__(self, weights=TINY_PTH):
         exe = os.path.join(os.path.dirname(sys.executable), "liif-jax")
+        # On the CPU whatever the host has: the protocol is the same on every backend, and the
+        # cancel tests need a job that outlasts the cancel, which a GPU might finish first.
         self.proc = subprocess.Popen([exe, "bridge", "--weights", weights], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
     def send(self, header: dict, payload: bytes = b"", raw: bytes | None = None):
         self.proc.stdin.write(raw if raw is not None else protocol.encode(header) + payload)

@@ -164,7 +164,8 @@ def test_missing_setup_says_what_to_run(tmp_path, monkeypatch):
     assert client_mod.BridgeClient.from_config(str(tmp_path)).python == sys.executable
 
 
-def test_cancel_through_the_subprocess():
+def test_cancel_through_the_subprocess(monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # a job that outlasts the cancel on any host
     client = client_mod.BridgeClient(sys.executable, weights=str(TINY / "tiny-liif.pth"), start_server=False)
     seen = []
     # Cancelled comes only from the worker's own "cancelled" answer: the job stopped there,

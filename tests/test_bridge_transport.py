@@ -322,6 +322,7 @@ def test_cancel_through_the_connection_transport(conn_env, monkeypatch):
     """The plug-in's cancel message reaches the worker through the connection transport."""
     monkeypatch.setenv("LIIF_JAX_SOCKET", str(conn_env.socket))
     monkeypatch.setenv("LIIF_JAX_TRANSPORT", "connection")
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # a job that outlasts the cancel on any host
     server = conn_env.start("--idle-timeout", "120")
     client = client_mod.BridgeClient(sys.executable)
     seen = []
