@@ -351,7 +351,7 @@ def test_killed_client_stops_the_job_on_the_server(conn_env, monkeypatch):
 
     real_upscale = liif_jax.api.upscale
     job = {"done": [], "outcome": None}
-    ended = threading.Event()
+    ended, killed = threading.Event(), threading.Event()
 
     def watched(*args, progress=None, **kwargs):
         if progress is None:  # the server's warm-up
@@ -359,7 +359,12 @@ def test_killed_client_stops_the_job_on_the_server(conn_env, monkeypatch):
 
         def watch(done, total):
             job["done"].append((done, total))
-            return progress(done, total)
+            answer = progress(done, total)
+            if len(job["done"]) == 1:
+                # Hold the job after its first report until the client is dead, so it cannot
+                # finish first on a fast device.
+                killed.wait(120)
+            return answer
 
         try:
             out = real_upscale(*args, progress=watch, **kwargs)
@@ -394,6 +399,7 @@ def test_killed_client_stops_the_job_on_the_server(conn_env, monkeypatch):
         assert client.stdout.readline().startswith("progress")  # the job runs
         client.kill()
         client.wait()
+        killed.set()
         assert ended.wait(120), "the job neither stopped nor finished"  # (a guard against a hang only)
         # Stopped at a progress call (a chunk boundary), by the cancel the dropped connection
         # raised, or by the failed write of a progress event to it; never run to the end.
@@ -406,6 +412,7 @@ def test_killed_client_stops_the_job_on_the_server(conn_env, monkeypatch):
     finally:
         if client.poll() is None:
             client.kill()
+        killed.set()
         client.stdout.close()
         stop.set()
         server.join(60)
