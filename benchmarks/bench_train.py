@@ -11,8 +11,8 @@ enough for the paper's 192-pixel crops):
   default) with the same threads in-process and with worker processes (one per core beyond
   two, when the host has them) -- how fast the host can feed the device, each loader timed
   in turn in the same run, back to back, ``--pairs`` times (the median of the pairs'
-  ratios); both with the thread count
-  training uses (``loader_threads``, at most one per core);
+  ratios); both with the thread count training uses (``loader_threads``, at most one per
+  core);
 - the jitted training step alone on a prepared batch: steps/s after compilation (median of
   3 timed runs of --steps steps each) and the compile time;
 - the whole loop, ``liif_jax.train.loop.train`` with the threaded loader, logging and one

@@ -306,11 +306,10 @@ def train(sizes):
     import jax
     from bench_train import loader_rate, photo_folder
 
-    from liif_jax.train.pipeline import host_threads, usable_cores
-
     from liif_jax.configs import load_config
     from liif_jax.models import build_model
     from liif_jax.train.data import ImplicitDownsampled
+    from liif_jax.train.pipeline import host_threads, usable_cores
     from liif_jax.train.step import init_params, make_optimizer, make_train_step
 
     config = load_config(sizes["train_config"])
